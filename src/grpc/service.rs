@@ -1,0 +1,255 @@
+//! `ai_api.v1.AiApiService`: each RPC extracts (key, request id, deadline), converts, calls the
+//! core and converts back. Dropping a call's future (client cancel or deadline) drops the
+//! provider call with it.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt, stream};
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Request, Response, Status};
+
+use super::pb;
+use super::pb::ai_api_service_server::AiApiService;
+use crate::core::types::{ChatRequest, EmbeddingRequest, ImageRequest};
+use crate::core::{ChatStream, Door, Gateway, RequestContext, ServedBy};
+
+/// The service over the core.
+#[derive(Debug, Clone)]
+pub struct AiApi {
+    gateway: Gateway,
+}
+
+impl AiApi {
+    pub fn new(gateway: Gateway) -> Self {
+        AiApi { gateway }
+    }
+}
+
+/// Parses gRPC's `grpc-timeout` (`<digits><unit>`, unit one of H M S m u n).
+pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+fn context(md: &MetadataMap) -> RequestContext {
+    let text = |k: &str| md.get(k).and_then(|v| v.to_str().ok()).map(str::trim);
+    let request_id = text("x-request-id")
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let key = text("authorization")
+        .map(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+                .unwrap_or(v)
+                .trim()
+                .to_string()
+        })
+        .or_else(|| text("x-api-key").map(str::to_string));
+    let mut ctx = RequestContext::new(Door::Grpc, request_id, key);
+    ctx.deadline = text("grpc-timeout")
+        .and_then(parse_grpc_timeout)
+        .map(|d| tokio::time::Instant::now() + d);
+    ctx
+}
+
+fn put(md: &mut MetadataMap, key: &'static str, value: String) {
+    if let Ok(v) = MetadataValue::try_from(value) {
+        md.insert(key, v);
+    }
+}
+
+/// Response metadata: the request id, and where the answer came from (as the HTTP door's
+/// `x-litellm-*` headers).
+fn respond<T>(msg: T, request_id: &str, by: Option<&ServedBy>) -> Response<T> {
+    let mut resp = Response::new(msg);
+    let md = resp.metadata_mut();
+    put(md, "x-request-id", request_id.to_string());
+    if let Some(by) = by {
+        put(md, "x-litellm-model-group", by.model_group.clone());
+        put(md, "x-litellm-model-id", by.deployment_id.clone());
+        put(md, "x-litellm-attempted-retries", by.attempted_retries.to_string());
+        put(md, "x-litellm-attempted-fallbacks", by.attempted_fallbacks.to_string());
+        put(md, "x-litellm-response-cost", by.cost_usd.to_string());
+    }
+    resp
+}
+
+fn status(e: crate::core::error::Error, request_id: &str) -> Status {
+    let mut s = Status::from(e);
+    put(s.metadata_mut(), "x-request-id", request_id.to_string());
+    s
+}
+
+type ChatStreamOut = Pin<Box<dyn Stream<Item = Result<pb::StreamChatResponse, Status>> + Send>>;
+
+/// The gRPC stream: deltas as they come; the finish-reason message is held back one step so
+/// the usage that follows it travels in the same, last message.
+fn stream_out(chunks: ChatStream) -> ChatStreamOut {
+    struct State {
+        chunks: ChatStream,
+        held: Option<pb::StreamChatResponse>,
+        out: VecDeque<pb::StreamChatResponse>,
+        ended: bool,
+    }
+    let init = Some(State {
+        chunks,
+        held: None,
+        out: VecDeque::new(),
+        ended: false,
+    });
+    Box::pin(stream::unfold(init, |state| async move {
+        let mut st = state?;
+        loop {
+            if let Some(msg) = st.out.pop_front() {
+                return Some((Ok(msg), Some(st)));
+            }
+            if st.ended {
+                return None;
+            }
+            match st.chunks.next().await {
+                Some(Ok(chunk)) => {
+                    let msg = pb::StreamChatResponse::from(&chunk);
+                    if msg.choices.is_empty() && msg.usage.is_some() {
+                        match st.held.take() {
+                            Some(mut held) => {
+                                held.usage = msg.usage;
+                                st.out.push_back(held);
+                            }
+                            None => st.out.push_back(msg),
+                        }
+                        continue;
+                    }
+                    st.out.extend(st.held.take());
+                    let finishing = msg
+                        .choices
+                        .iter()
+                        .any(|c| c.finish_reason != pb::FinishReason::Unspecified as i32);
+                    if finishing {
+                        st.held = Some(msg);
+                    } else {
+                        st.out.push_back(msg);
+                    }
+                }
+                // The stream failed: the error is its last message.
+                Some(Err(e)) => return Some((Err(Status::from(e)), None)),
+                None => {
+                    st.ended = true;
+                    st.out.extend(st.held.take());
+                }
+            }
+        }
+    }))
+}
+
+#[tonic::async_trait]
+impl AiApiService for AiApi {
+    async fn chat(
+        &self,
+        request: Request<pb::ChatRequest>,
+    ) -> Result<Response<pb::ChatResponse>, Status> {
+        let ctx = context(request.metadata());
+        let id = ctx.request_id.clone();
+        let req = ChatRequest::try_from(request.into_inner()).map_err(|e| status(e, &id))?;
+        let served = self.gateway.chat(&ctx, req).await.map_err(|e| status(e, &id))?;
+        Ok(respond(
+            pb::ChatResponse::from(&served.value),
+            &id,
+            Some(&served.by),
+        ))
+    }
+
+    type StreamChatStream = ChatStreamOut;
+
+    async fn stream_chat(
+        &self,
+        request: Request<pb::StreamChatRequest>,
+    ) -> Result<Response<Self::StreamChatStream>, Status> {
+        let ctx = context(request.metadata());
+        let id = ctx.request_id.clone();
+        let req = pb::ChatRequest::from(request.into_inner());
+        let req = ChatRequest::try_from(req).map_err(|e| status(e, &id))?;
+        let served = self
+            .gateway
+            .chat_stream(&ctx, req)
+            .await
+            .map_err(|e| status(e, &id))?;
+        let by = served.by.clone();
+        Ok(respond(stream_out(served.value), &id, Some(&by)))
+    }
+
+    async fn generate_image(
+        &self,
+        request: Request<pb::GenerateImageRequest>,
+    ) -> Result<Response<pb::GenerateImageResponse>, Status> {
+        let ctx = context(request.metadata());
+        let id = ctx.request_id.clone();
+        let req = ImageRequest::from(request.into_inner());
+        let served = self
+            .gateway
+            .generate_image(&ctx, req)
+            .await
+            .map_err(|e| status(e, &id))?;
+        Ok(respond(
+            pb::GenerateImageResponse::from(&served.value),
+            &id,
+            Some(&served.by),
+        ))
+    }
+
+    async fn list_models(
+        &self,
+        request: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
+        let ctx = context(request.metadata());
+        let id = ctx.request_id.clone();
+        let models = self.gateway.list_models(&ctx).map_err(|e| status(e, &id))?;
+        Ok(respond(
+            pb::ListModelsResponse {
+                models: models.iter().map(pb::Model::from).collect(),
+            },
+            &id,
+            None,
+        ))
+    }
+
+    async fn embed(
+        &self,
+        request: Request<pb::EmbedRequest>,
+    ) -> Result<Response<pb::EmbedResponse>, Status> {
+        let ctx = context(request.metadata());
+        let id = ctx.request_id.clone();
+        let req = EmbeddingRequest::from(request.into_inner());
+        let served = self.gateway.embed(&ctx, req).await.map_err(|e| status(e, &id))?;
+        Ok(respond(
+            pb::EmbedResponse::from(&served.value),
+            &id,
+            Some(&served.by),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_in_every_unit() {
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_grpc_timeout("x"), None);
+        assert_eq!(parse_grpc_timeout(""), None);
+    }
+}

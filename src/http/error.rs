@@ -1,0 +1,91 @@
+//! The HTTP door's error answer: every failure, ours or a provider's, as OpenAI's error JSON
+//! with the status from the core's one table (and `retry-after` when known). Also the body
+//! extractor, so a too-large or unreadable body gets the same shape, and JSON parsing that
+//! names the field at fault.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+
+use crate::core::error::{Error, ErrorKind};
+use crate::openai::ErrorBody;
+
+/// A core error on its way out of the HTTP door.
+#[derive(Debug)]
+pub struct HttpError(pub Error);
+
+impl From<Error> for HttpError {
+    fn from(e: Error) -> Self {
+        HttpError(e)
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        let body = serde_json::to_vec(&ErrorBody::from(&e)).unwrap_or_default();
+        let mut resp = (e.http_status(), body).into_response();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(after) = e.retry_after {
+            let secs = after.as_secs_f64().ceil().max(1.0) as u64;
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                h.insert(header::RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}
+
+/// The raw request body, within the configured size limit (413 in OpenAI's shape beyond it).
+#[derive(Debug)]
+pub struct Body(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = HttpError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Bytes::from_request(req, state).await {
+            Ok(b) => Ok(Body(b)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(HttpError(Error::new(
+                    ErrorKind::PayloadTooLarge,
+                    "the request body is larger than the gateway accepts (general_settings.max_request_size_mb)",
+                )
+                .with_code("request_too_large")))
+            }
+            Err(rejection) => Err(HttpError(Error::bad_request(format!(
+                "cannot read the request body: {}",
+                rejection.body_text()
+            )))),
+        }
+    }
+}
+
+/// Parses a JSON body; the error names the path of the field at fault.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    if body.is_empty() {
+        return Err(Error::bad_request("the request body is empty; send a JSON object")
+            .with_code("invalid_json"));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let mut err = if inner.is_syntax() || inner.is_eof() {
+            Error::bad_request(format!("the request body is not valid JSON: {inner}"))
+                .with_code("invalid_json")
+        } else {
+            Error::bad_request(format!("invalid request: {path}: {inner}"))
+        };
+        if path != "." && !path.is_empty() {
+            err = err.with_param(path);
+        }
+        err
+    })
+}

@@ -1,0 +1,179 @@
+//! HTTP handlers: extract (key, request id, body), convert wire → core, call the core, convert
+//! core → wire. Nothing else: auth, routing, limits and cost live in the core.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::error::{Body, HttpError, parse_json};
+use super::sse;
+use crate::core::error::Error;
+use crate::core::types::{ChatRequest, EmbeddingRequest, ImageRequest};
+use crate::core::{Door, Gateway, RequestContext, ServedBy};
+use crate::openai::{
+    self as wire, ChatCompletion, ChatCompletionRequest, EmbeddingRequest as WireEmbeddingRequest,
+    ImageGenerationRequest, ImagesResponse, ModelList,
+};
+
+/// The request's context: its id (set by the request-id layer) and the key it presents
+/// (`Authorization: Bearer <key>` or `x-api-key: <key>`).
+fn context(headers: &HeaderMap) -> RequestContext {
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim())
+        .map(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+                .unwrap_or(v)
+                .trim()
+                .to_string()
+        });
+    let key = bearer.or_else(|| {
+        headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_string())
+    });
+    RequestContext::new(Door::Http, request_id, key)
+}
+
+/// LiteLLM's response headers, so existing dashboards keep working.
+fn served_headers(by: &ServedBy, cost: Option<f64>) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    let mut put = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(HeaderName::from_static(name), v);
+        }
+    };
+    put("x-litellm-model-group", by.model_group.clone());
+    put("x-litellm-model-id", by.deployment_id.clone());
+    if let Some(base) = &by.api_base {
+        put("x-litellm-model-api-base", base.clone());
+    }
+    put("x-litellm-attempted-retries", by.attempted_retries.to_string());
+    put("x-litellm-attempted-fallbacks", by.attempted_fallbacks.to_string());
+    put(
+        "x-litellm-response-duration-ms",
+        format!("{:.3}", by.started.elapsed().as_secs_f64() * 1000.0),
+    );
+    if let Some(cost) = cost {
+        put("x-litellm-response-cost", cost.to_string());
+    }
+    h
+}
+
+pub async fn chat_completions(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> Result<Response, HttpError> {
+    let ctx = context(&headers);
+    gw.authorize(&ctx)?;
+    let wire: ChatCompletionRequest = parse_json(&body)?;
+    let stream = wire.stream.unwrap_or(false);
+    let req = ChatRequest::try_from(wire)?;
+    if stream {
+        let served = gw.chat_stream(&ctx, req).await?;
+        let mut resp = (served_headers(&served.by, None), sse::body(served.value)).into_response();
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        Ok(resp)
+    } else {
+        let served = gw.chat(&ctx, req).await?;
+        let body = ChatCompletion::from(&served.value);
+        Ok((served_headers(&served.by, Some(served.by.cost_usd)), Json(body)).into_response())
+    }
+}
+
+pub async fn embeddings(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> Result<Response, HttpError> {
+    let ctx = context(&headers);
+    gw.authorize(&ctx)?;
+    let wire: WireEmbeddingRequest = parse_json(&body)?;
+    let base64 = match wire.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(Error::bad_request(format!(
+                "encoding_format {other:?} is not one of float, base64"
+            ))
+            .with_param("encoding_format")
+            .into());
+        }
+    };
+    let served = gw.embed(&ctx, EmbeddingRequest::from(wire)).await?;
+    let body = wire::convert::embedding_response_to_wire(&served.value, base64);
+    Ok((served_headers(&served.by, Some(served.by.cost_usd)), Json(body)).into_response())
+}
+
+pub async fn generate_image(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> Result<Response, HttpError> {
+    let ctx = context(&headers);
+    gw.authorize(&ctx)?;
+    let wire: ImageGenerationRequest = parse_json(&body)?;
+    let served = gw.generate_image(&ctx, ImageRequest::from(wire)).await?;
+    let body = ImagesResponse::from(&served.value);
+    Ok((served_headers(&served.by, Some(served.by.cost_usd)), Json(body)).into_response())
+}
+
+pub async fn list_models(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+) -> Result<Json<ModelList>, HttpError> {
+    let ctx = context(&headers);
+    let models = gw.list_models(&ctx)?;
+    Ok(Json(ModelList {
+        object: "list".into(),
+        data: models.iter().map(wire::Model::from).collect(),
+    }))
+}
+
+pub async fn get_model(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<wire::Model>, HttpError> {
+    let ctx = context(&headers);
+    let model = gw.model(&ctx, &id)?;
+    Ok(Json(wire::Model::from(&model)))
+}
+
+pub async fn liveliness() -> Json<&'static str> {
+    Json("I'm alive!")
+}
+
+pub async fn readiness(State(gw): State<Gateway>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "status": "healthy",
+        "models": gw.model_count(),
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
+pub async fn not_found(uri: axum::http::Uri) -> HttpError {
+    HttpError(
+        Error::not_found(format!("no route for {}", uri.path())).with_code("route_not_found"),
+    )
+}
+
+pub async fn method_not_allowed() -> Response {
+    let mut e = Error::bad_request("method not allowed on this path");
+    e.code = Some("method_not_allowed".into());
+    let mut resp = HttpError(e).into_response();
+    *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    resp
+}

@@ -1,0 +1,221 @@
+//! What every HTTP provider shares: the deployment's call context over the gateway's one pooled
+//! `reqwest` client, mapping transport failures and provider error bodies to core errors (status
+//! and message kept, `retry-after` passed on), JSON decoding that calls garbage garbage, and SSE
+//! decoding (`eventsource-stream`) that reports a cut stream as an error.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use eventsource_stream::{Event, Eventsource};
+use futures_util::{Stream, StreamExt};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::config::{DeploymentConfig, Secret};
+use crate::core::error::{Error, ErrorKind};
+
+/// One deployment's upstream: its config and the shared client.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub deployment: DeploymentConfig,
+    pub client: reqwest::Client,
+    pub log_raw: bool,
+}
+
+impl Upstream {
+    pub fn new(deployment: &DeploymentConfig, client: reqwest::Client, log_raw: bool) -> Self {
+        Upstream {
+            deployment: deployment.clone(),
+            client,
+            log_raw,
+        }
+    }
+
+    /// The deployment's key; a missing variable is a configuration error naming it.
+    pub fn key(&self) -> Result<Option<&Secret>, Error> {
+        super::require_key(&self.deployment)
+    }
+
+    /// `api_base` if configured, else `default`.
+    pub fn base<'a>(&'a self, default: &'a str) -> &'a str {
+        self.deployment.api_base.as_deref().unwrap_or(default)
+    }
+
+    /// Sends a JSON body; a non-2xx answer becomes the provider's error (status and message
+    /// kept). Transport failures become timeouts, unavailability or bad-gateway errors.
+    pub async fn send_json(
+        &self,
+        builder: reqwest::RequestBuilder,
+        body: &impl serde::Serialize,
+    ) -> Result<reqwest::Response, Error> {
+        let bytes = serde_json::to_vec(body)
+            .map_err(|e| Error::internal(format!("cannot encode the provider request: {e}")))?;
+        if self.log_raw {
+            tracing::info!(
+                target: "ai_api::raw",
+                deployment = %self.deployment.id,
+                body = %String::from_utf8_lossy(&bytes),
+                "upstream request"
+            );
+        }
+        let resp = builder
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(bytes)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let retry_after = retry_after(resp.headers());
+        let body = resp.bytes().await.unwrap_or_default();
+        if self.log_raw {
+            tracing::info!(
+                target: "ai_api::raw",
+                deployment = %self.deployment.id,
+                status = status.as_u16(),
+                body = %String::from_utf8_lossy(&body),
+                "upstream error response"
+            );
+        }
+        Err(upstream_error(status.as_u16(), &body).with_retry_after(retry_after))
+    }
+
+    /// Reads a whole JSON answer.
+    pub async fn read_json<T: DeserializeOwned>(&self, resp: reqwest::Response) -> Result<T, Error> {
+        let body = resp.bytes().await.map_err(transport_error)?;
+        if self.log_raw {
+            tracing::info!(
+                target: "ai_api::raw",
+                deployment = %self.deployment.id,
+                body = %String::from_utf8_lossy(&body),
+                "upstream response"
+            );
+        }
+        decode_json(&body)
+    }
+}
+
+/// Decodes a provider's JSON, calling anything else a bad gateway.
+pub fn decode_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(body).map_err(|e| {
+        Error::bad_gateway(format!("the provider answered something that is not the expected JSON: {e}"))
+    })
+}
+
+/// The events of an SSE answer. A transport failure mid-stream is a bad-gateway error.
+pub fn sse_events(resp: reqwest::Response) -> impl Stream<Item = Result<Event, Error>> + Send {
+    resp.bytes_stream()
+        .eventsource()
+        .map(|r| r.map_err(|e| Error::bad_gateway(format!("the provider's stream broke: {e}"))))
+}
+
+/// The error for a stream that ended before its end marker.
+pub fn stream_cut() -> Error {
+    Error::bad_gateway("the provider's stream ended before it finished")
+}
+
+/// Maps a `reqwest` failure (never echoing the URL).
+pub fn transport_error(e: reqwest::Error) -> Error {
+    let e = e.without_url();
+    if e.is_timeout() {
+        Error::timeout(format!("the provider did not answer in time: {e}"))
+    } else if e.is_connect() {
+        Error::new(
+            ErrorKind::Unavailable,
+            format!("cannot connect to the provider: {e}"),
+        )
+    } else if e.is_decode() || e.is_body() {
+        Error::bad_gateway(format!("the provider's answer broke off: {e}"))
+    } else {
+        Error::bad_gateway(format!("the provider call failed: {e}"))
+    }
+}
+
+/// A provider's error answer: its status, and its message where the body has one in any of the
+/// shapes OpenAI, Anthropic and Gemini use (`{"error": {"message", "type"|"code"|"status"}}`).
+pub fn upstream_error(status: u16, body: &Bytes) -> Error {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let err = parsed.as_ref().and_then(|v| v.get("error"));
+    let message = err
+        .and_then(|e| e.get("message").and_then(Value::as_str).or(e.as_str()))
+        .or_else(|| parsed.as_ref()?.get("message")?.as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(body);
+            let text = text.trim();
+            if text.is_empty() {
+                format!("the provider answered HTTP {status}")
+            } else {
+                format!(
+                    "the provider answered HTTP {status}: {}",
+                    text.chars().take(500).collect::<String>()
+                )
+            }
+        });
+    let code = err.and_then(|e| {
+        ["code", "type", "status"]
+            .iter()
+            .find_map(|k| match e.get(*k)? {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
+    });
+    // Anthropic's 529 "overloaded" is an outage, not a client error.
+    let kind = match status {
+        529 => ErrorKind::Unavailable,
+        s => ErrorKind::Upstream(s),
+    };
+    let mut e = Error::new(kind, message);
+    e.code = code;
+    e
+}
+
+/// `retry-after-ms` or `retry-after` (seconds) from a provider's answer.
+pub fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    let get = |name: &str| headers.get(name)?.to_str().ok()?.trim().parse::<f64>().ok();
+    if let Some(ms) = get("retry-after-ms").filter(|v| *v >= 0.0) {
+        return Duration::try_from_secs_f64(ms / 1000.0).ok();
+    }
+    get("retry-after")
+        .filter(|v| *v >= 0.0)
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_error_bodies_keep_status_message_and_code() {
+        let openai = Bytes::from_static(
+            br#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#,
+        );
+        let e = upstream_error(429, &openai);
+        assert_eq!(e.kind, ErrorKind::Upstream(429));
+        assert_eq!(e.message, "Rate limit reached");
+        assert_eq!(e.code.as_deref(), Some("rate_limit_exceeded"));
+
+        let anthropic = Bytes::from_static(
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+        );
+        let e = upstream_error(529, &anthropic);
+        assert_eq!(e.kind, ErrorKind::Unavailable);
+        assert_eq!(e.message, "Overloaded");
+
+        let garbage = Bytes::from_static(b"<html>bad gateway</html>");
+        let e = upstream_error(502, &garbage);
+        assert!(e.message.contains("HTTP 502"), "{}", e.message);
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_milliseconds() {
+        let mut h = http::HeaderMap::new();
+        h.insert("retry-after", "7".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        h.insert("retry-after-ms", "1500".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(1500)));
+    }
+}

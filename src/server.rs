@@ -1,0 +1,93 @@
+//! Running both doors over one core: takes already-bound listeners and a shutdown future (so
+//! tests run the real server on port 0), stops accepting on shutdown, lets in-flight requests
+//! and streams finish within the grace period, then returns.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::core::Gateway;
+use crate::http::{HttpOptions, router};
+
+/// How the server runs, beside its config.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The HTTP root path (already resolved from `SERVER_ROOT_PATH` and the config).
+    pub root_path: String,
+    /// How long in-flight requests may run on after shutdown begins.
+    pub grace: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot start the gateway: {0}")]
+    Start(String),
+    #[error("the HTTP server failed: {0}")]
+    Http(std::io::Error),
+    #[error("the gRPC server failed: {0}")]
+    Grpc(tonic::transport::Error),
+}
+
+async fn until_true(mut rx: watch::Receiver<bool>) {
+    // An error means the sender is gone: shut down too.
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Serves HTTP on `http` and gRPC on `grpc` until `shutdown` completes, then drains.
+pub async fn serve(
+    config: &Config,
+    http: TcpListener,
+    grpc: TcpListener,
+    opts: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let gateway = Gateway::new(config).map_err(|e| ServeError::Start(e.message))?;
+    let app = router(
+        gateway.clone(),
+        &HttpOptions {
+            root_path: opts.root_path.clone(),
+            max_body_bytes: config.max_request_size_bytes,
+        },
+    );
+    let routes = crate::grpc::routes(gateway, config.max_request_size_bytes)
+        .await
+        .map_err(|e| ServeError::Start(e.to_string()))?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let http_server = axum::serve(http, app).with_graceful_shutdown(until_true(stop_rx.clone()));
+    let mut http_task = tokio::spawn(async move { http_server.await.map_err(ServeError::Http) });
+
+    let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
+    let grpc_server = tonic::transport::Server::builder()
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, until_true(stop_rx));
+    let mut grpc_task = tokio::spawn(async move { grpc_server.await.map_err(ServeError::Grpc) });
+
+    let joined = |r: Result<Result<(), ServeError>, tokio::task::JoinError>| match r {
+        Ok(r) => r,
+        Err(e) => Err(ServeError::Start(format!("a server task failed: {e}"))),
+    };
+    tokio::select! {
+        () = shutdown => {}
+        r = &mut http_task => return joined(r).and(Err(ServeError::Start("the HTTP server stopped".into()))),
+        r = &mut grpc_task => return joined(r).and(Err(ServeError::Start("the gRPC server stopped".into()))),
+    }
+    tracing::info!(grace_s = opts.grace.as_secs(), "shutting down: no new connections; letting in-flight requests finish");
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(opts.grace, async {
+        let h = joined(http_task.await);
+        let g = joined(grpc_task.await);
+        h.and(g)
+    })
+    .await;
+    match drained {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::warn!("grace period over: cutting the requests still running");
+            Ok(())
+        }
+    }
+}
