@@ -29,6 +29,9 @@ def main():
         if v.get("litellm_provider") not in PROVIDERS or v.get("mode") not in MODES:
             continue
         row = {f: v[f] for f in FIELDS if isinstance(v.get(f), (int, float))}
+        for f in ("max_input_tokens", "max_output_tokens"):
+            if f in row:
+                row[f] = int(row[f])
         if any(f.endswith(("_token", "_image", "_pixel", "_cost")) for f in row):
             row["mode"] = v["mode"]
             out[key] = row
