@@ -1,13 +1,16 @@
 //! The `ai-api` binary as a user runs it: `check` on the seed config and on broken ones, and a
 //! served process that exits 0 on SIGTERM.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn ai_api() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ai-api"));
-    c.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
     c
 }
 
@@ -30,15 +33,24 @@ fn the_seed_config_checks_ok_with_its_master_key_set() {
     assert!(stdout.contains("7 models"), "{stdout}");
     assert!(stdout.contains("openai, anthropic, gemini"), "{stdout}");
     // The unset provider keys are listed, by variable name.
-    assert!(stderr.contains("OPENAI_API_KEY") && stderr.contains("ANTHROPIC_API_KEY"), "{stderr}");
+    assert!(
+        stderr.contains("OPENAI_API_KEY") && stderr.contains("ANTHROPIC_API_KEY"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn an_unset_master_key_fails_the_check_naming_the_variable() {
-    let out = ai_api().args(["check", "--config", "config/config.yaml"]).output().unwrap();
+    let out = ai_api()
+        .args(["check", "--config", "config/config.yaml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("general_settings.master_key") && stderr.contains("AI_API_MK"), "{stderr}");
+    assert!(
+        stderr.contains("general_settings.master_key") && stderr.contains("AI_API_MK"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -46,7 +58,11 @@ fn a_typo_fails_with_its_yaml_path_and_a_suggestion() {
     let f = temp_config(
         "model_list:\n  - model_name: a\n    litellm_params:\n      model: openai/gpt-4o\n      api_key: k\n  - model_name: b\n    litellm_params:\n      model: opnai/gpt-4o\n      api_key: k\n",
     );
-    let out = ai_api().args(["check", "--config"]).arg(f.path()).output().unwrap();
+    let out = ai_api()
+        .args(["check", "--config"])
+        .arg(f.path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -57,17 +73,33 @@ fn a_typo_fails_with_its_yaml_path_and_a_suggestion() {
 
 #[test]
 fn a_wrong_type_fails_with_its_yaml_path() {
-    let f = temp_config("model_list:\n  - model_name: a\n    litellm_params:\n      model: openai/x\n      timeout: soon\n");
-    let out = ai_api().args(["check", "--config"]).arg(f.path()).output().unwrap();
+    let f = temp_config(
+        "model_list:\n  - model_name: a\n    litellm_params:\n      model: openai/x\n      timeout: soon\n",
+    );
+    let out = ai_api()
+        .args(["check", "--config"])
+        .arg(f.path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("model_list[0].litellm_params.timeout"), "{stderr}");
+    assert!(
+        stderr.contains("model_list[0].litellm_params.timeout"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn the_demo_config_checks_ok() {
-    let out = ai_api().args(["check", "--config", "config/demo.yaml"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = ai_api()
+        .args(["check", "--config", "config/demo.yaml"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -75,7 +107,12 @@ fn the_server_exits_0_on_sigterm() {
     let ports = [free_port(), free_port()];
     let mut child = ai_api()
         .args(["--config", "config/demo.yaml", "--host", "127.0.0.1"])
-        .args(["--port", &ports[0].to_string(), "--grpc-port", &ports[1].to_string()])
+        .args([
+            "--port",
+            &ports[0].to_string(),
+            "--grpc-port",
+            &ports[1].to_string(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -92,7 +129,13 @@ fn the_server_exits_0_on_sigterm() {
     }
     assert!(up, "server never listened on {url}");
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let mut status = None;
     for _ in 0..100 {
         if let Some(s) = child.try_wait().unwrap() {
@@ -109,5 +152,9 @@ fn the_server_exits_0_on_sigterm() {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -1,6 +1,8 @@
 //! The gRPC door, end to end, with the generated tonic client: the real server on port 0 in
 //! front of a fake OpenAI.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::time::Duration;
@@ -13,22 +15,36 @@ use support::{MASTER_KEY, openai_config, start};
 use tonic::Code;
 use tonic::transport::Channel;
 
-async fn setup() -> (FakeOpenAi, support::TestGateway, AiApiServiceClient<Channel>) {
+async fn setup() -> (
+    FakeOpenAi,
+    support::TestGateway,
+    AiApiServiceClient<Channel>,
+) {
     let fake = FakeOpenAi::start().await;
-    let yaml = openai_config(&fake.base, &[("gpt-4o-mini", "gpt-4o-mini"), ("gpt-4o", "gpt-4o")], "      timeout: 2\n");
+    let yaml = openai_config(
+        &fake.base,
+        &[("gpt-4o-mini", "gpt-4o-mini"), ("gpt-4o", "gpt-4o")],
+        "      timeout: 2\n",
+    );
     let gw = start(&yaml, &[]).await;
     let client = AiApiServiceClient::connect(gw.grpc_url()).await.unwrap();
     (fake, gw, client)
 }
 
 async fn channel(gw: &support::TestGateway) -> Channel {
-    Channel::from_shared(gw.grpc_url()).unwrap().connect().await.unwrap()
+    Channel::from_shared(gw.grpc_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
 }
 
 fn authed<T>(msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {MASTER_KEY}").parse().unwrap());
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {MASTER_KEY}").parse().unwrap(),
+    );
     r
 }
 
@@ -59,24 +75,47 @@ fn stream_request(model: &str) -> pb::StreamChatRequest {
 #[tokio::test]
 async fn chat_answers_with_usage_and_cost() {
     let (fake, _gw, mut client) = setup().await;
-    let resp = client.chat(authed(chat_request("gpt-4o-mini"))).await.unwrap();
+    let resp = client
+        .chat(authed(chat_request("gpt-4o-mini")))
+        .await
+        .unwrap();
     assert!(resp.metadata().get("x-request-id").is_some());
-    assert_eq!(resp.metadata().get("x-litellm-model-group").unwrap(), "gpt-4o-mini");
+    assert_eq!(
+        resp.metadata().get("x-litellm-model-group").unwrap(),
+        "gpt-4o-mini"
+    );
     let r = resp.into_inner();
     let choice = &r.choices[0];
-    assert_eq!(choice.message.as_ref().unwrap().content, "Hello there, friend!");
+    assert_eq!(
+        choice.message.as_ref().unwrap().content,
+        "Hello there, friend!"
+    );
     assert_eq!(choice.message.as_ref().unwrap().role, "assistant");
     assert_eq!(choice.finish_reason, pb::FinishReason::Stop as i32);
     let usage = r.usage.unwrap();
-    assert_eq!((usage.prompt_tokens, usage.completion_tokens, usage.total_tokens), (12, 5, 17));
+    assert_eq!(
+        (
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.total_tokens
+        ),
+        (12, 5, 17)
+    );
     assert!(usage.cost_usd > 0.0);
-    assert_eq!(fake.last().body["messages"][0]["content"], "Explain containerization");
+    assert_eq!(
+        fake.last().body["messages"][0]["content"],
+        "Explain containerization"
+    );
 }
 
 #[tokio::test]
 async fn stream_chat_sends_deltas_then_finish_reason_with_usage() {
     let (fake, _gw, mut client) = setup().await;
-    let mut stream = client.stream_chat(authed(stream_request("gpt-4o-mini"))).await.unwrap().into_inner();
+    let mut stream = client
+        .stream_chat(authed(stream_request("gpt-4o-mini")))
+        .await
+        .unwrap()
+        .into_inner();
     let mut msgs = Vec::new();
     while let Some(m) = stream.next().await {
         msgs.push(m.unwrap());
@@ -103,7 +142,9 @@ async fn tool_calls_come_back_typed() {
     let params: prost_types::Struct = prost_types::Struct {
         fields: [(
             "type".to_string(),
-            prost_types::Value { kind: Some(prost_types::value::Kind::StringValue("object".into())) },
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::StringValue("object".into())),
+            },
         )]
         .into_iter()
         .collect(),
@@ -118,12 +159,20 @@ async fn tool_calls_come_back_typed() {
             strict: None,
         }),
     }];
-    req.tool_choice = Some(pb::ToolChoice { choice: Some(pb::tool_choice::Choice::Mode("required".into())) });
+    req.tool_choice = Some(pb::ToolChoice {
+        choice: Some(pb::tool_choice::Choice::Mode("required".into())),
+    });
     let r = client.chat(authed(req)).await.unwrap().into_inner();
     let call = &r.choices[0].message.as_ref().unwrap().tool_calls[0];
     assert_eq!(call.id, "call_abc");
-    assert_eq!(call.function.as_ref().unwrap().arguments, "{\"city\":\"Paris\"}");
-    assert_eq!(r.choices[0].finish_reason, pb::FinishReason::ToolCalls as i32);
+    assert_eq!(
+        call.function.as_ref().unwrap().arguments,
+        "{\"city\":\"Paris\"}"
+    );
+    assert_eq!(
+        r.choices[0].finish_reason,
+        pb::FinishReason::ToolCalls as i32
+    );
     let sent = fake.last().body;
     assert_eq!(sent["tools"][0]["function"]["parameters"]["type"], "object");
     assert_eq!(sent["tool_choice"], "required");
@@ -132,19 +181,31 @@ async fn tool_calls_come_back_typed() {
 #[tokio::test]
 async fn models_images_and_embeddings() {
     let (_fake, _gw, mut client) = setup().await;
-    let models = client.list_models(authed(pb::ListModelsRequest {})).await.unwrap().into_inner();
+    let models = client
+        .list_models(authed(pb::ListModelsRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
     let ids: Vec<_> = models.models.iter().map(|m| m.id.as_str()).collect();
     assert_eq!(ids, ["gpt-4o-mini", "gpt-4o"]);
 
     let img = client
-        .generate_image(authed(pb::GenerateImageRequest { model: "gpt-4o".into(), prompt: "a cat".into(), ..Default::default() }))
+        .generate_image(authed(pb::GenerateImageRequest {
+            model: "gpt-4o".into(),
+            prompt: "a cat".into(),
+            ..Default::default()
+        }))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(img.images[0].url, "https://images.example/cat.png");
 
     let emb = client
-        .embed(authed(pb::EmbedRequest { model: "gpt-4o".into(), input: vec!["a".into(), "b".into()], ..Default::default() }))
+        .embed(authed(pb::EmbedRequest {
+            model: "gpt-4o".into(),
+            input: vec!["a".into(), "b".into()],
+            ..Default::default()
+        }))
         .await
         .unwrap()
         .into_inner();
@@ -155,31 +216,72 @@ async fn models_images_and_embeddings() {
 #[tokio::test]
 async fn errors_map_to_grpc_codes() {
     let (fake, _gw, mut client) = setup().await;
-    let e = client.chat(tonic::Request::new(chat_request("gpt-4o-mini"))).await.unwrap_err();
+    let e = client
+        .chat(tonic::Request::new(chat_request("gpt-4o-mini")))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     let mut bad = tonic::Request::new(chat_request("gpt-4o-mini"));
-    bad.metadata_mut().insert("authorization", "Bearer wrong".parse().unwrap());
-    assert_eq!(client.chat(bad).await.unwrap_err().code(), Code::Unauthenticated);
-    assert_eq!(client.chat(authed(chat_request("nope"))).await.unwrap_err().code(), Code::NotFound);
+    bad.metadata_mut()
+        .insert("authorization", "Bearer wrong".parse().unwrap());
+    assert_eq!(
+        client.chat(bad).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        client
+            .chat(authed(chat_request("nope")))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
     let mut r = chat_request("gpt-4o-mini");
     r.temperature = Some(9.0);
-    assert_eq!(client.chat(authed(r)).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(
+        client.chat(authed(r)).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
     let mut r = chat_request("gpt-4o-mini");
     r.messages[0].role = "robot".into();
-    assert_eq!(client.chat(authed(r)).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(
+        client.chat(authed(r)).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
     assert_eq!(fake.hits(), 0);
 
-    fake.set(Behavior::Status(429, r#"{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}"#.into()));
-    let e = client.chat(authed(chat_request("gpt-4o-mini"))).await.unwrap_err();
+    fake.set(Behavior::Status(
+        429,
+        r#"{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}"#
+            .into(),
+    ));
+    let e = client
+        .chat(authed(chat_request("gpt-4o-mini")))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted);
     assert_eq!(e.message(), "slow down");
     assert_eq!(e.metadata().get("retry-after").unwrap(), "3");
 
     fake.set(Behavior::Garbage);
-    assert_eq!(client.chat(authed(chat_request("gpt-4o-mini"))).await.unwrap_err().code(), Code::Unavailable);
+    assert_eq!(
+        client
+            .chat(authed(chat_request("gpt-4o-mini")))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unavailable
+    );
 
     fake.set(Behavior::Delay(Duration::from_secs(10)));
-    assert_eq!(client.chat(authed(chat_request("gpt-4o-mini"))).await.unwrap_err().code(), Code::DeadlineExceeded);
+    assert_eq!(
+        client
+            .chat(authed(chat_request("gpt-4o-mini")))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::DeadlineExceeded
+    );
 }
 
 #[tokio::test]
@@ -200,7 +302,10 @@ async fn the_clients_deadline_reaches_the_provider_call() {
     req.set_timeout(Duration::from_millis(200));
     let started = std::time::Instant::now();
     let e = client.chat(req).await.unwrap_err();
-    assert!(matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled), "{e:?}");
+    assert!(
+        matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{e:?}"
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
@@ -208,27 +313,38 @@ async fn the_clients_deadline_reaches_the_provider_call() {
 async fn a_cancelled_stream_closes_the_upstream_connection() {
     let (fake, _gw, mut client) = setup().await;
     fake.set(Behavior::EndlessStream);
-    let mut stream = client.stream_chat(authed(stream_request("gpt-4o-mini"))).await.unwrap().into_inner();
+    let mut stream = client
+        .stream_chat(authed(stream_request("gpt-4o-mini")))
+        .await
+        .unwrap()
+        .into_inner();
     for _ in 0..3 {
         stream.next().await.unwrap().unwrap();
     }
     drop(stream);
-    assert!(fake.stream_closed_within(Duration::from_secs(2)).await, "upstream stream still open");
+    assert!(
+        fake.stream_closed_within(Duration::from_secs(2)).await,
+        "upstream stream still open"
+    );
 }
 
 #[tokio::test]
 async fn reflection_lists_the_services_without_a_key() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
     let (_fake, gw, _client) = setup().await;
     let mut refl = ServerReflectionClient::new(channel(&gw).await);
     let req = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut answers = refl.server_reflection_info(futures_util::stream::iter(vec![req])).await.unwrap().into_inner();
+    let mut answers = refl
+        .server_reflection_info(futures_util::stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
     let answer = answers.next().await.unwrap().unwrap();
     let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
         panic!("unexpected answer {answer:?}");
@@ -243,9 +359,15 @@ async fn reflection_lists_the_services_without_a_key() {
     let mut alpha = Alpha::new(channel(&gw).await);
     let req = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
         host: String::new(),
-        message_request: Some(AlphaReq::FileContainingSymbol("ai_api.v1.AiApiService".into())),
+        message_request: Some(AlphaReq::FileContainingSymbol(
+            "ai_api.v1.AiApiService".into(),
+        )),
     };
-    let mut answers = alpha.server_reflection_info(futures_util::stream::iter(vec![req])).await.unwrap().into_inner();
+    let mut answers = alpha
+        .server_reflection_info(futures_util::stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(answers.next().await.unwrap().is_ok());
 }
 
@@ -256,7 +378,17 @@ async fn health_is_served_overall_and_per_service_without_a_key() {
     let (_fake, gw, _client) = setup().await;
     let mut health = HealthClient::new(channel(&gw).await);
     for service in ["", "ai_api.v1.AiApiService"] {
-        let r = health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
-        assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32, "{service:?}");
+        let r = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "{service:?}"
+        );
     }
 }

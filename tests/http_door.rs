@@ -1,5 +1,7 @@
 //! The OpenAI REST door, end to end: the real server on port 0 in front of a fake OpenAI.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::time::Duration;
@@ -10,7 +12,11 @@ use support::{MASTER_KEY, client, openai_config, sse_data, start};
 
 async fn setup(extra: &str) -> (FakeOpenAi, support::TestGateway) {
     let fake = FakeOpenAi::start().await;
-    let yaml = openai_config(&fake.base, &[("gpt-4o-mini", "gpt-4o-mini"), ("gpt-4o", "gpt-4o")], extra);
+    let yaml = openai_config(
+        &fake.base,
+        &[("gpt-4o-mini", "gpt-4o-mini"), ("gpt-4o", "gpt-4o")],
+        extra,
+    );
     let gw = start(&yaml, &[]).await;
     (fake, gw)
 }
@@ -36,12 +42,19 @@ async fn chat_completion_is_translated_and_costed() {
     assert_eq!(resp.status(), 200);
     assert!(resp.headers().get("x-request-id").is_some());
     assert_eq!(resp.headers()["x-litellm-model-group"], "gpt-4o-mini");
-    let cost: f64 = resp.headers()["x-litellm-response-cost"].to_str().unwrap().parse().unwrap();
+    let cost: f64 = resp.headers()["x-litellm-response-cost"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let expected = 12.0 * 1.5e-7 + 5.0 * 6e-7;
     assert!((cost - expected).abs() < 1e-12, "cost {cost}");
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["object"], "chat.completion");
-    assert_eq!(body["choices"][0]["message"]["content"], "Hello there, friend!");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "Hello there, friend!"
+    );
     assert_eq!(body["choices"][0]["finish_reason"], "stop");
     assert_eq!(body["usage"]["total_tokens"], 17);
     let sent = fake.last();
@@ -82,9 +95,19 @@ async fn streamed_chunks_reassemble_and_end_with_done() {
         .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
         .collect();
     assert_eq!(text, "Hello there, friend!");
-    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
-    assert!(chunks.iter().all(|c| c.get("usage").is_none()), "usage was not asked for");
-    assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "stop");
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["object"] == "chat.completion.chunk")
+    );
+    assert!(
+        chunks.iter().all(|c| c.get("usage").is_none()),
+        "usage was not asked for"
+    );
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "stop"
+    );
     // The gateway asks for usage upstream anyway (for cost).
     assert_eq!(fake.last().body["stream_options"]["include_usage"], true);
 }
@@ -113,11 +136,18 @@ async fn tool_calls_go_up_and_come_back_with_finish_reason_tool_calls() {
         "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
         "tool_choice": "auto"
     });
-    let resp: Value = post(&gw, "/v1/chat/completions", &body).await.json().await.unwrap();
+    let resp: Value = post(&gw, "/v1/chat/completions", &body)
+        .await
+        .json()
+        .await
+        .unwrap();
     let msg = &resp["choices"][0]["message"];
     assert_eq!(resp["choices"][0]["finish_reason"], "tool_calls");
     assert_eq!(msg["tool_calls"][0]["id"], "call_abc");
-    assert_eq!(msg["tool_calls"][0]["function"]["arguments"], "{\"city\":\"Paris\"}");
+    assert_eq!(
+        msg["tool_calls"][0]["function"]["arguments"],
+        "{\"city\":\"Paris\"}"
+    );
     let sent = fake.last().body;
     assert_eq!(sent["tools"][0]["function"]["name"], "get_weather");
     assert_eq!(sent["tool_choice"], "auto");
@@ -125,12 +155,22 @@ async fn tool_calls_go_up_and_come_back_with_finish_reason_tool_calls() {
     // Streamed: argument pieces arrive as deltas that concatenate to the JSON.
     let mut body = body;
     body["stream"] = json!(true);
-    let events = sse_data(&post(&gw, "/v1/chat/completions", &body).await.text().await.unwrap());
+    let events = sse_data(
+        &post(&gw, "/v1/chat/completions", &body)
+            .await
+            .text()
+            .await
+            .unwrap(),
+    );
     let args: String = events
         .iter()
         .filter(|e| *e != "[DONE]")
         .map(|e| serde_json::from_str::<Value>(e).unwrap())
-        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str().map(String::from))
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
+                .as_str()
+                .map(String::from)
+        })
         .collect();
     assert_eq!(args, "{\"city\":\"Paris\"}");
 
@@ -141,7 +181,10 @@ async fn tool_calls_go_up_and_come_back_with_finish_reason_tool_calls() {
         {"role": "tool", "tool_call_id": "call_abc", "content": "sunny"}
     ]});
     fake.set(Behavior::Normal);
-    assert_eq!(post(&gw, "/v1/chat/completions", &follow).await.status(), 200);
+    assert_eq!(
+        post(&gw, "/v1/chat/completions", &follow).await.status(),
+        200
+    );
     let sent = fake.last().body;
     assert_eq!(sent["messages"][2]["role"], "tool");
     assert_eq!(sent["messages"][2]["tool_call_id"], "call_abc");
@@ -157,45 +200,98 @@ async fn vision_parts_are_passed_to_openai() {
     ]}]});
     assert_eq!(post(&gw, "/v1/chat/completions", &body).await.status(), 200);
     let sent = fake.last().body;
-    assert_eq!(sent["messages"][0]["content"][1]["image_url"]["url"], "https://example.com/cat.png");
-    assert_eq!(sent["messages"][0]["content"][1]["image_url"]["detail"], "high");
+    assert_eq!(
+        sent["messages"][0]["content"][1]["image_url"]["url"],
+        "https://example.com/cat.png"
+    );
+    assert_eq!(
+        sent["messages"][0]["content"][1]["image_url"]["detail"],
+        "high"
+    );
 }
 
 #[tokio::test]
 async fn models_are_listed_and_fetched() {
     let (_fake, gw) = setup("").await;
-    let list: Value = client().get(gw.url("/v1/models")).bearer_auth(MASTER_KEY).send().await.unwrap().json().await.unwrap();
+    let list: Value = client()
+        .get(gw.url("/v1/models"))
+        .bearer_auth(MASTER_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["object"], "list");
-    let ids: Vec<&str> = list["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["gpt-4o-mini", "gpt-4o"]);
-    let one = client().get(gw.url("/models/gpt-4o")).bearer_auth(MASTER_KEY).send().await.unwrap();
+    let one = client()
+        .get(gw.url("/models/gpt-4o"))
+        .bearer_auth(MASTER_KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(one.status(), 200);
     assert_eq!(one.json::<Value>().await.unwrap()["object"], "model");
-    let missing = client().get(gw.url("/models/nope")).bearer_auth(MASTER_KEY).send().await.unwrap();
+    let missing = client()
+        .get(gw.url("/models/nope"))
+        .bearer_auth(MASTER_KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(missing.status(), 404);
 }
 
 #[tokio::test]
 async fn images_and_embeddings_work() {
     let (fake, gw) = setup("").await;
-    let img: Value = post(&gw, "/v1/images/generations", &json!({"model": "gpt-4o", "prompt": "a cat", "size": "1024x1024"}))
-        .await.json().await.unwrap();
+    let img: Value = post(
+        &gw,
+        "/v1/images/generations",
+        &json!({"model": "gpt-4o", "prompt": "a cat", "size": "1024x1024"}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
     assert_eq!(img["data"][0]["url"], "https://images.example/cat.png");
     assert_eq!(fake.last().body["prompt"], "a cat");
 
-    let emb = post(&gw, "/embeddings", &json!({"model": "gpt-4o", "input": ["a", "b"]})).await;
+    let emb = post(
+        &gw,
+        "/embeddings",
+        &json!({"model": "gpt-4o", "input": ["a", "b"]}),
+    )
+    .await;
     assert_eq!(emb.status(), 200);
     let emb: Value = emb.json().await.unwrap();
     assert_eq!(emb["data"][1]["embedding"], json!([0.5, -0.25, 1.0]));
     assert_eq!(emb["usage"]["prompt_tokens"], 8);
 
     // The OpenAI SDK asks for base64 by default: little-endian f32s.
-    let emb: Value = post(&gw, "/embeddings", &json!({"model": "gpt-4o", "input": "a", "encoding_format": "base64"}))
-        .await.json().await.unwrap();
+    let emb: Value = post(
+        &gw,
+        "/embeddings",
+        &json!({"model": "gpt-4o", "input": "a", "encoding_format": "base64"}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
     let b64 = emb["data"][0]["embedding"].as_str().unwrap();
     use base64::Engine as _;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
-    let floats: Vec<f32> = bytes.chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    let floats: Vec<f32> = bytes
+        .chunks(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     assert_eq!(floats, vec![0.5, -0.25, 0.0]);
 }
 
@@ -205,24 +301,54 @@ async fn assert_openai_error(resp: reqwest::Response, status: u16) -> Value {
     let body: Value = resp.json().await.unwrap();
     assert!(body["error"]["message"].is_string(), "{body}");
     assert!(body["error"]["type"].is_string(), "{body}");
-    assert!(body["error"].get("param").is_some() && body["error"].get("code").is_some(), "{body}");
+    assert!(
+        body["error"].get("param").is_some() && body["error"].get("code").is_some(),
+        "{body}"
+    );
     body
 }
 
 #[tokio::test]
 async fn missing_or_wrong_keys_are_401() {
     let (fake, gw) = setup("").await;
-    let none = client().post(gw.url("/v1/chat/completions")).json(&chat_body(false)).send().await.unwrap();
+    let none = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
     let b = assert_openai_error(none, 401).await;
     assert_eq!(b["error"]["type"], "authentication_error");
-    let wrong = client().post(gw.url("/v1/chat/completions")).bearer_auth("sk-nope").json(&chat_body(false)).send().await.unwrap();
+    let wrong = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth("sk-nope")
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
     assert_openai_error(wrong, 401).await;
     let models = client().get(gw.url("/v1/models")).send().await.unwrap();
     assert_openai_error(models, 401).await;
     assert_eq!(fake.hits(), 0);
     // Health needs no key.
-    assert_eq!(client().get(gw.url("/health/liveliness")).send().await.unwrap().status(), 200);
-    assert_eq!(client().get(gw.url("/health/readiness")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client()
+            .get(gw.url("/health/liveliness"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client()
+            .get(gw.url("/health/readiness"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -232,8 +358,20 @@ async fn unknown_models_and_paths_are_404() {
     body["model"] = json!("gpt-17");
     let b = assert_openai_error(post(&gw, "/v1/chat/completions", &body).await, 404).await;
     assert!(b["error"]["message"].as_str().unwrap().contains("gpt-17"));
-    assert_openai_error(client().get(gw.url("/no/such/path")).send().await.unwrap(), 404).await;
-    assert_openai_error(client().get(format!("http://{}/elsewhere", gw.http_addr)).send().await.unwrap(), 404).await;
+    assert_openai_error(
+        client().get(gw.url("/no/such/path")).send().await.unwrap(),
+        404,
+    )
+    .await;
+    assert_openai_error(
+        client()
+            .get(format!("http://{}/elsewhere", gw.http_addr))
+            .send()
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
     assert_eq!(fake.hits(), 0);
 }
 
@@ -249,15 +387,30 @@ async fn malformed_requests_are_400_and_never_forwarded() {
         .await
         .unwrap();
     assert_openai_error(bad_json, 400).await;
-    let wrong_type = post(&gw, "/v1/chat/completions", &json!({"model": "gpt-4o-mini", "messages": "hi"})).await;
+    let wrong_type = post(
+        &gw,
+        "/v1/chat/completions",
+        &json!({"model": "gpt-4o-mini", "messages": "hi"}),
+    )
+    .await;
     let b = assert_openai_error(wrong_type, 400).await;
     assert_eq!(b["error"]["param"], "messages");
     let range = post(&gw, "/v1/chat/completions", &json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}], "temperature": 7})).await;
     let b = assert_openai_error(range, 400).await;
     assert_eq!(b["error"]["param"], "temperature");
-    let role = post(&gw, "/v1/chat/completions", &json!({"model": "gpt-4o-mini", "messages": [{"role": "wizard", "content": "x"}]})).await;
+    let role = post(
+        &gw,
+        "/v1/chat/completions",
+        &json!({"model": "gpt-4o-mini", "messages": [{"role": "wizard", "content": "x"}]}),
+    )
+    .await;
     assert_openai_error(role, 400).await;
-    let empty = post(&gw, "/v1/chat/completions", &json!({"model": "gpt-4o-mini", "messages": []})).await;
+    let empty = post(
+        &gw,
+        "/v1/chat/completions",
+        &json!({"model": "gpt-4o-mini", "messages": []}),
+    )
+    .await;
     assert_openai_error(empty, 400).await;
     assert_eq!(fake.hits(), 0);
 }
@@ -269,7 +422,12 @@ async fn oversized_bodies_are_413() {
     yaml.push_str("  max_request_size_mb: 0.001\n");
     let gw = start(&yaml, &[]).await;
     let big = "x".repeat(4096);
-    let resp = post(&gw, "/v1/chat/completions", &json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": big}]})).await;
+    let resp = post(
+        &gw,
+        "/v1/chat/completions",
+        &json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": big}]}),
+    )
+    .await;
     assert_openai_error(resp, 413).await;
     assert_eq!(fake.hits(), 0);
 }
@@ -285,25 +443,49 @@ async fn provider_errors_keep_their_status_and_message() {
     assert_eq!(b["error"]["code"], "rate_limit_exceeded");
 
     fake.set(Behavior::Status(400, r#"{"error":{"message":"Invalid 'messages[0].content'","type":"invalid_request_error","param":"messages","code":null}}"#.into()));
-    let b = assert_openai_error(post(&gw, "/v1/chat/completions", &chat_body(false)).await, 400).await;
+    let b = assert_openai_error(
+        post(&gw, "/v1/chat/completions", &chat_body(false)).await,
+        400,
+    )
+    .await;
     assert_eq!(b["error"]["message"], "Invalid 'messages[0].content'");
 
     fake.set(Behavior::Status(500, "internal oops".into()));
-    assert_openai_error(post(&gw, "/v1/chat/completions", &chat_body(false)).await, 500).await;
+    assert_openai_error(
+        post(&gw, "/v1/chat/completions", &chat_body(false)).await,
+        500,
+    )
+    .await;
     // Before the first byte, a stream's upstream error is the call's status.
-    assert_openai_error(post(&gw, "/v1/chat/completions", &chat_body(true)).await, 500).await;
+    assert_openai_error(
+        post(&gw, "/v1/chat/completions", &chat_body(true)).await,
+        500,
+    )
+    .await;
 
     fake.set(Behavior::Garbage);
-    assert_openai_error(post(&gw, "/v1/chat/completions", &chat_body(false)).await, 502).await;
+    assert_openai_error(
+        post(&gw, "/v1/chat/completions", &chat_body(false)).await,
+        502,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_slow_provider_times_out_with_504() {
     let fake = FakeOpenAi::start().await;
-    let yaml = openai_config(&fake.base, &[("gpt-4o-mini", "gpt-4o-mini")], "      timeout: 0.2\n");
+    let yaml = openai_config(
+        &fake.base,
+        &[("gpt-4o-mini", "gpt-4o-mini")],
+        "      timeout: 0.2\n",
+    );
     let gw = start(&yaml, &[]).await;
     fake.set(Behavior::Delay(Duration::from_secs(5)));
-    let b = assert_openai_error(post(&gw, "/v1/chat/completions", &chat_body(false)).await, 504).await;
+    let b = assert_openai_error(
+        post(&gw, "/v1/chat/completions", &chat_body(false)).await,
+        504,
+    )
+    .await;
     assert_eq!(b["error"]["type"], "timeout_error");
 }
 
@@ -331,16 +513,29 @@ async fn a_cancelled_stream_closes_the_upstream_connection() {
         assert!(resp.chunk().await.unwrap().is_some());
     }
     drop(resp);
-    assert!(fake.stream_closed_within(Duration::from_secs(2)).await, "upstream stream still open");
+    assert!(
+        fake.stream_closed_within(Duration::from_secs(2)).await,
+        "upstream stream still open"
+    );
 }
 
 #[tokio::test]
 async fn an_unset_provider_key_is_a_config_error_naming_the_variable() {
     let yaml = "model_list:\n  - model_name: gpt-4o-mini\n    litellm_params:\n      model: openai/gpt-4o-mini\n      api_key: os.environ/MY_OPENAI_KEY\n";
     let gw = start(yaml, &[]).await;
-    let resp = client().post(gw.url("/v1/chat/completions")).json(&chat_body(false)).send().await.unwrap();
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
     let b = assert_openai_error(resp, 500).await;
-    assert!(b["error"]["message"].as_str().unwrap().contains("MY_OPENAI_KEY"));
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("MY_OPENAI_KEY")
+    );
 }
 
 #[tokio::test]
@@ -348,7 +543,13 @@ async fn the_root_path_can_be_empty() {
     let fake = FakeOpenAi::start().await;
     let yaml = openai_config(&fake.base, &[("gpt-4o-mini", "gpt-4o-mini")], "");
     let gw = support::start_at(&yaml, &[], "/").await;
-    let resp = client().post(format!("http://{}/v1/chat/completions", gw.http_addr)).bearer_auth(MASTER_KEY).json(&chat_body(false)).send().await.unwrap();
+    let resp = client()
+        .post(format!("http://{}/v1/chat/completions", gw.http_addr))
+        .bearer_auth(MASTER_KEY)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
 }
 
@@ -367,7 +568,16 @@ async fn shutdown_lets_an_in_flight_stream_finish() {
     fake.set(Behavior::Delay(Duration::from_millis(300)));
     let url = gw.url("/v1/chat/completions");
     let req = tokio::spawn(async move {
-        client().post(url).bearer_auth(MASTER_KEY).json(&chat_body(true)).send().await.unwrap().text().await.unwrap()
+        client()
+            .post(url)
+            .bearer_auth(MASTER_KEY)
+            .json(&chat_body(true))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     });
     // Wait until the request reached the provider, then stop the server.
     while fake.hits() == 0 {

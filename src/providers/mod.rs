@@ -121,9 +121,18 @@ impl ProviderKind {
                 }
             };
         }
-        let inferred = if ["gpt-", "o1", "o3", "o4", "chatgpt-", "dall-e", "text-embedding-", "gpt-image"]
-            .iter()
-            .any(|p| model.starts_with(p))
+        let inferred = if [
+            "gpt-",
+            "o1",
+            "o3",
+            "o4",
+            "chatgpt-",
+            "dall-e",
+            "text-embedding-",
+            "gpt-image",
+        ]
+        .iter()
+        .any(|p| model.starts_with(p))
         {
             Some(ProviderKind::OpenAi)
         } else if model.starts_with("claude") {
@@ -135,7 +144,9 @@ impl ProviderKind {
         };
         match inferred {
             Some(kind) => Ok((kind, model.to_string())),
-            None if model.is_empty() => Err("must name a model, e.g. \"openai/gpt-4o-mini\"".into()),
+            None if model.is_empty() => {
+                Err("must name a model, e.g. \"openai/gpt-4o-mini\"".into())
+            }
             None => Err(format!(
                 "cannot tell the provider of {model:?}; write it as \"provider/{model}\", e.g. \"openai/{model}\""
             )),
@@ -152,7 +163,11 @@ impl ProviderKind {
             ProviderKind::Deepseek => &["DEEPSEEK_API_KEY"],
             ProviderKind::OpenRouter => &["OPENROUTER_API_KEY", "OR_API_KEY"],
             ProviderKind::Xai => &["XAI_API_KEY"],
-            ProviderKind::TogetherAi => &["TOGETHERAI_API_KEY", "TOGETHER_API_KEY", "TOGETHER_AI_TOKEN"],
+            ProviderKind::TogetherAi => &[
+                "TOGETHERAI_API_KEY",
+                "TOGETHER_API_KEY",
+                "TOGETHER_AI_TOKEN",
+            ],
             ProviderKind::FireworksAi => &["FIREWORKS_AI_API_KEY", "FIREWORKS_API_KEY"],
             ProviderKind::Ollama => &["OLLAMA_API_KEY"],
             ProviderKind::HostedVllm => &["HOSTED_VLLM_API_KEY"],
@@ -194,7 +209,7 @@ impl ProviderKind {
 }
 
 /// The key of a call, checked: a missing variable is a configuration error naming it.
-pub(crate) fn require_key<'a>(d: &'a DeploymentConfig) -> Result<Option<&'a Secret>, Error> {
+pub(crate) fn require_key(d: &DeploymentConfig) -> Result<Option<&Secret>, Error> {
     match &d.api_key {
         Credential::Key(k) => Ok(Some(k)),
         Credential::None => Ok(None),

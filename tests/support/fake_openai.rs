@@ -116,16 +116,32 @@ fn error(status: u16, message: &str, kind: &str, code: &str) -> Response {
 }
 
 /// Checks a request as OpenAI would; `Err` is OpenAI's answer.
+#[allow(clippy::result_large_err)]
 fn check(headers: &HeaderMap, body: &Bytes) -> Result<Value, Response> {
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
     if auth != Some(&format!("Bearer {UPSTREAM_KEY}")) {
-        return Err(error(401, "Incorrect API key provided", "invalid_request_error", "invalid_api_key"));
+        return Err(error(
+            401,
+            "Incorrect API key provided",
+            "invalid_request_error",
+            "invalid_api_key",
+        ));
     }
     let v: Value = serde_json::from_slice(body).map_err(|_| {
-        error(400, "We could not parse the JSON body of your request.", "invalid_request_error", "")
+        error(
+            400,
+            "We could not parse the JSON body of your request.",
+            "invalid_request_error",
+            "",
+        )
     })?;
     if !v.get("model").is_some_and(Value::is_string) {
-        return Err(error(400, "you must provide a model parameter", "invalid_request_error", ""));
+        return Err(error(
+            400,
+            "you must provide a model parameter",
+            "invalid_request_error",
+            "",
+        ));
     }
     Ok(v)
 }
@@ -170,15 +186,29 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         Ok(v) => v,
         Err(r) => return r,
     };
-    if !v.get("messages").and_then(Value::as_array).is_some_and(|m| !m.is_empty()) {
-        return error(400, "messages must be a non-empty array", "invalid_request_error", "");
+    if v.get("messages")
+        .and_then(Value::as_array)
+        .is_none_or(|m| m.is_empty())
+    {
+        return error(
+            400,
+            "messages must be a non-empty array",
+            "invalid_request_error",
+            "",
+        );
     }
-    let behavior = record(&shared, "/v1/chat/completions", &headers, &v).unwrap_or(Behavior::Normal);
+    let behavior =
+        record(&shared, "/v1/chat/completions", &headers, &v).unwrap_or(Behavior::Normal);
     let model = v["model"].as_str().unwrap_or_default().to_string();
     let stream = v.get("stream") == Some(&Value::Bool(true));
     if stream && v.pointer("/stream_options/include_usage") != Some(&Value::Bool(true)) {
         // The gateway must always ask for usage; make a missing ask visible in tests.
-        return error(400, "test fake: stream_options.include_usage was not requested", "invalid_request_error", "");
+        return error(
+            400,
+            "test fake: stream_options.include_usage was not requested",
+            "invalid_request_error",
+            "",
+        );
     }
     match behavior {
         Behavior::Status(code, body) => {
@@ -246,11 +276,23 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
             sse(Body::from_stream(s))
         }
         _ => {
-            let mut out = vec![chunk(&model, json!({"role": "assistant", "content": "", "refusal": null}), None)];
+            let mut out = vec![chunk(
+                &model,
+                json!({"role": "assistant", "content": "", "refusal": null}),
+                None,
+            )];
             if tools {
                 out.push(chunk(&model, json!({"tool_calls": [{"index": 0, "id": "call_abc", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]}), None));
-                out.push(chunk(&model, json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\":"}}]}), None));
-                out.push(chunk(&model, json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"Paris\"}"}}]}), None));
+                out.push(chunk(
+                    &model,
+                    json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\":"}}]}),
+                    None,
+                ));
+                out.push(chunk(
+                    &model,
+                    json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"Paris\"}"}}]}),
+                    None,
+                ));
                 out.push(chunk(&model, json!({}), Some("tool_calls")));
             } else {
                 for piece in ["Hello", " there", ",", " friend", "!"] {
@@ -265,22 +307,41 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
     }
 }
 
-async fn embeddings(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn embeddings(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let v = match check(&headers, &body) {
         Ok(v) => v,
         Err(r) => return r,
     };
     let behavior = record(&shared, "/v1/embeddings", &headers, &v);
     if let Some(Behavior::Status(code, body)) = behavior {
-        return Response::builder().status(code).body(Body::from(body)).unwrap();
+        return Response::builder()
+            .status(code)
+            .body(Body::from(body))
+            .unwrap();
     }
     let inputs: Vec<Value> = match &v["input"] {
         Value::String(s) => vec![Value::String(s.clone())],
         Value::Array(a) => a.clone(),
-        _ => return error(400, "'input' is a required property", "invalid_request_error", ""),
+        _ => {
+            return error(
+                400,
+                "'input' is a required property",
+                "invalid_request_error",
+                "",
+            );
+        }
     };
     if v.get("encoding_format").and_then(Value::as_str) == Some("base64") {
-        return error(400, "test fake: the gateway should ask for floats", "invalid_request_error", "");
+        return error(
+            400,
+            "test fake: the gateway should ask for floats",
+            "invalid_request_error",
+            "",
+        );
     }
     let data: Vec<Value> = inputs
         .iter()
@@ -299,7 +360,12 @@ async fn images(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
     };
     record(&shared, "/v1/images/generations", &headers, &v);
     if !v.get("prompt").is_some_and(Value::is_string) {
-        return error(400, "'prompt' is a required property", "invalid_request_error", "");
+        return error(
+            400,
+            "'prompt' is a required property",
+            "invalid_request_error",
+            "",
+        );
     }
     axum::Json(json!({"created": 1700000000, "data": [
         {"url": "https://images.example/cat.png", "revised_prompt": "a cute cat"}

@@ -47,7 +47,9 @@ impl TestGateway {
     }
 
     /// Signals shutdown without waiting.
-    pub fn begin_shutdown(&mut self) -> tokio::task::JoinHandle<Result<(), ai_api::server::ServeError>> {
+    pub fn begin_shutdown(
+        &mut self,
+    ) -> tokio::task::JoinHandle<Result<(), ai_api::server::ServeError>> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -69,8 +71,10 @@ pub async fn start(yaml: &str, env: &[(&str, &str)]) -> TestGateway {
 }
 
 pub async fn start_at(yaml: &str, env: &[(&str, &str)], root: &str) -> TestGateway {
-    let env: HashMap<String, String> =
-        env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let loaded = load_str(yaml, "test config", &|k| env.get(k).cloned())
         .unwrap_or_else(|e| panic!("test config does not load: {e}"));
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
