@@ -21,7 +21,11 @@ pub const DEFAULT_CONFIG: &str = "config/config.yaml";
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Parser)]
-#[command(name = "ai-api", version, about = "A self-hosted AI gateway: gRPC and the OpenAI REST API in front of OpenAI, Anthropic, Gemini and OpenAI-compatible providers.")]
+#[command(
+    name = "ai-api",
+    version,
+    about = "A self-hosted AI gateway: gRPC and the OpenAI REST API in front of OpenAI, Anthropic, Gemini and OpenAI-compatible providers."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -68,7 +72,11 @@ fn check(path: &Path) -> ExitCode {
                 path.display(),
                 config.model_names().len(),
                 config.deployments.len(),
-                if providers.is_empty() { "none".to_string() } else { providers.join(", ") }
+                if providers.is_empty() {
+                    "none".to_string()
+                } else {
+                    providers.join(", ")
+                }
             );
             ExitCode::SUCCESS
         }
@@ -84,8 +92,12 @@ fn load(cli: &Cli) -> Result<Loaded, config::ConfigError> {
         Some(path) => config::load_file(path),
         None if Path::new(DEFAULT_CONFIG).exists() => config::load_file(Path::new(DEFAULT_CONFIG)),
         None => {
-            tracing::warn!("no --config given and {DEFAULT_CONFIG} does not exist: serving the embedded demo config (mock models, no provider key needed)");
-            config::load_str(EMBEDDED_DEMO, "embedded config/demo.yaml", &|k| std::env::var(k).ok())
+            tracing::warn!(
+                "no --config given and {DEFAULT_CONFIG} does not exist: serving the embedded demo config (mock models, no provider key needed)"
+            );
+            config::load_str(EMBEDDED_DEMO, "embedded config/demo.yaml", &|k| {
+                std::env::var(k).ok()
+            })
         }
     }
 }
@@ -103,7 +115,9 @@ async fn run_server(cli: Cli) -> ExitCode {
     }
     let config = loaded.config;
     if config.master_key.is_none() {
-        tracing::warn!("no general_settings.master_key: every route is open to anyone who can reach it");
+        tracing::warn!(
+            "no general_settings.master_key: every route is open to anyone who can reach it"
+        );
     }
     let root_path = std::env::var("SERVER_ROOT_PATH")
         .ok()

@@ -75,7 +75,10 @@ pub async fn serve(
         r = &mut http_task => return joined(r).and(Err(ServeError::Start("the HTTP server stopped".into()))),
         r = &mut grpc_task => return joined(r).and(Err(ServeError::Start("the gRPC server stopped".into()))),
     }
-    tracing::info!(grace_s = opts.grace.as_secs(), "shutting down: no new connections; letting in-flight requests finish");
+    tracing::info!(
+        grace_s = opts.grace.as_secs(),
+        "shutting down: no new connections; letting in-flight requests finish"
+    );
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(opts.grace, async {
         let h = joined(http_task.await);

@@ -260,10 +260,7 @@ fn resolve(
             if let Some(prev) = ids.insert(d.id.clone(), i) {
                 problems.push(ConfigProblem {
                     path: format!("model_list[{i}].model_info.id"),
-                    message: format!(
-                        "id {:?} is already used by model_list[{prev}]",
-                        d.id
-                    ),
+                    message: format!("id {:?} is already used by model_list[{prev}]", d.id),
                 });
             }
             deployments.push(d);
@@ -459,7 +456,11 @@ mod tests {
         assert!(!c.log_raw_request_response);
         assert_eq!(
             c.providers(),
-            vec![ProviderKind::OpenAi, ProviderKind::Anthropic, ProviderKind::Gemini]
+            vec![
+                ProviderKind::OpenAi,
+                ProviderKind::Anthropic,
+                ProviderKind::Gemini
+            ]
         );
         let claude = &c.deployments[2];
         assert_eq!(claude.upstream_model, "claude-sonnet-4-20250514");
@@ -470,7 +471,10 @@ mod tests {
             }
         );
         assert!(
-            loaded.warnings.iter().any(|w| w.contains("ANTHROPIC_API_KEY")),
+            loaded
+                .warnings
+                .iter()
+                .any(|w| w.contains("ANTHROPIC_API_KEY")),
             "{:?}",
             loaded.warnings
         );
@@ -487,7 +491,8 @@ mod tests {
 
     #[test]
     fn a_typo_in_the_provider_names_its_path_and_a_suggestion() {
-        let yaml = "model_list:\n  - model_name: a\n    litellm_params:\n      model: opnai/gpt-4o\n";
+        let yaml =
+            "model_list:\n  - model_name: a\n    litellm_params:\n      model: opnai/gpt-4o\n";
         let err = load_str(yaml, "t", &env_of(&[])).unwrap_err();
         assert_eq!(
             err.problems[0].to_string(),

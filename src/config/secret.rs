@@ -40,10 +40,7 @@ pub enum Credential {
 
 /// Resolves `os.environ/NAME` through `lookup`; returns `Err(NAME)` when it is unset or empty.
 /// Plain strings are returned as they are.
-pub fn resolve_env(
-    raw: &str,
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<String, String> {
+pub fn resolve_env(raw: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
     match raw.strip_prefix(ENV_PREFIX) {
         Some(var) => match lookup(var) {
             Some(v) if !v.is_empty() => Ok(v),
@@ -69,7 +66,10 @@ mod tests {
     fn env_references_resolve_or_name_the_variable() {
         let lookup = |k: &str| (k == "SET").then(|| "value".to_string());
         assert_eq!(resolve_env("os.environ/SET", &lookup), Ok("value".into()));
-        assert_eq!(resolve_env("os.environ/UNSET", &lookup), Err("UNSET".into()));
+        assert_eq!(
+            resolve_env("os.environ/UNSET", &lookup),
+            Err("UNSET".into())
+        );
         assert_eq!(resolve_env("literal", &lookup), Ok("literal".into()));
     }
 }

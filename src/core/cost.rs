@@ -105,9 +105,11 @@ impl PriceTable {
         // does the same, so the uncached part is the difference.
         let cached = u64::from(usage.cached_prompt_tokens.min(usage.prompt_tokens));
         let creation = u64::from(
-            usage
-                .cache_creation_tokens
-                .min(usage.prompt_tokens.saturating_sub(usage.cached_prompt_tokens)),
+            usage.cache_creation_tokens.min(
+                usage
+                    .prompt_tokens
+                    .saturating_sub(usage.cached_prompt_tokens),
+            ),
         );
         let plain = u64::from(usage.prompt_tokens) - cached - creation;
         plain as f64 * input
@@ -178,7 +180,10 @@ mod tests {
     #[test]
     fn unknown_models_cost_nothing() {
         let t = PriceTable::builtin();
-        assert_eq!(t.token_cost(&deployment("openai/no-such-model"), &Usage::new(5, 5)), 0.0);
+        assert_eq!(
+            t.token_cost(&deployment("openai/no-such-model"), &Usage::new(5, 5)),
+            0.0
+        );
     }
 
     #[test]

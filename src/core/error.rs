@@ -43,16 +43,15 @@ impl ErrorKind {
         match self {
             ErrorKind::BadRequest => (StatusCode::BAD_REQUEST, tonic::Code::InvalidArgument),
             ErrorKind::Unauthenticated => (StatusCode::UNAUTHORIZED, tonic::Code::Unauthenticated),
-            ErrorKind::PermissionDenied => {
-                (StatusCode::FORBIDDEN, tonic::Code::PermissionDenied)
-            }
+            ErrorKind::PermissionDenied => (StatusCode::FORBIDDEN, tonic::Code::PermissionDenied),
             ErrorKind::NotFound => (StatusCode::NOT_FOUND, tonic::Code::NotFound),
             ErrorKind::PayloadTooLarge => {
                 (StatusCode::PAYLOAD_TOO_LARGE, tonic::Code::InvalidArgument)
             }
-            ErrorKind::RateLimited => {
-                (StatusCode::TOO_MANY_REQUESTS, tonic::Code::ResourceExhausted)
-            }
+            ErrorKind::RateLimited => (
+                StatusCode::TOO_MANY_REQUESTS,
+                tonic::Code::ResourceExhausted,
+            ),
             ErrorKind::Config => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 tonic::Code::FailedPrecondition,
@@ -217,22 +216,42 @@ mod tests {
     fn every_kind_has_matching_http_and_grpc_codes() {
         let rows = [
             (ErrorKind::BadRequest, 400, tonic::Code::InvalidArgument),
-            (ErrorKind::Unauthenticated, 401, tonic::Code::Unauthenticated),
-            (ErrorKind::PermissionDenied, 403, tonic::Code::PermissionDenied),
+            (
+                ErrorKind::Unauthenticated,
+                401,
+                tonic::Code::Unauthenticated,
+            ),
+            (
+                ErrorKind::PermissionDenied,
+                403,
+                tonic::Code::PermissionDenied,
+            ),
             (ErrorKind::NotFound, 404, tonic::Code::NotFound),
-            (ErrorKind::PayloadTooLarge, 413, tonic::Code::InvalidArgument),
+            (
+                ErrorKind::PayloadTooLarge,
+                413,
+                tonic::Code::InvalidArgument,
+            ),
             (ErrorKind::RateLimited, 429, tonic::Code::ResourceExhausted),
             (ErrorKind::Config, 500, tonic::Code::FailedPrecondition),
             (ErrorKind::Internal, 500, tonic::Code::Internal),
             (ErrorKind::BadGateway, 502, tonic::Code::Unavailable),
             (ErrorKind::Unavailable, 503, tonic::Code::Unavailable),
             (ErrorKind::Timeout, 504, tonic::Code::DeadlineExceeded),
-            (ErrorKind::Upstream(429), 429, tonic::Code::ResourceExhausted),
+            (
+                ErrorKind::Upstream(429),
+                429,
+                tonic::Code::ResourceExhausted,
+            ),
             (ErrorKind::Upstream(400), 400, tonic::Code::InvalidArgument),
             (ErrorKind::Upstream(503), 503, tonic::Code::Unavailable),
         ];
         for (kind, http, grpc) in rows {
-            assert_eq!(kind.codes(), (StatusCode::from_u16(http).unwrap(), grpc), "{kind:?}");
+            assert_eq!(
+                kind.codes(),
+                (StatusCode::from_u16(http).unwrap(), grpc),
+                "{kind:?}"
+            );
         }
     }
 

@@ -215,11 +215,10 @@ impl Gateway {
             .ok_or_else(|| self.unknown_model(model))?;
         let n = group.deployments.len();
         let i = group.next.fetch_add(1, Ordering::Relaxed) % n.max(1);
-        let dep = group
-            .deployments
-            .get(i)
-            .cloned()
-            .ok_or_else(|| Error::internal(format!("model group {model:?} has no deployment")))?;
+        let dep =
+            group.deployments.get(i).cloned().ok_or_else(|| {
+                Error::internal(format!("model group {model:?} has no deployment"))
+            })?;
         Ok((name.as_str(), dep))
     }
 
@@ -249,8 +248,9 @@ impl Gateway {
         };
         match tokio::time::timeout_at(deadline, fut).await {
             Ok(r) => r,
-            Err(_) if theirs => Err(Error::timeout("the client's deadline passed")
-                .with_code("deadline_exceeded")),
+            Err(_) if theirs => {
+                Err(Error::timeout("the client's deadline passed").with_code("deadline_exceeded"))
+            }
             Err(_) => Err(Error::timeout(format!(
                 "the provider did not answer within {:.1}s",
                 timeout.as_secs_f64()

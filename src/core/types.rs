@@ -231,9 +231,7 @@ impl ChatRequest {
                     .with_param(format!("messages[{i}].tool_call_id")));
                 }
                 Role::Assistant => {}
-                Role::System | Role::Developer | Role::User | Role::Tool
-                    if m.content.is_none() =>
-                {
+                Role::System | Role::Developer | Role::User | Role::Tool if m.content.is_none() => {
                     return Err(Error::bad_request(format!(
                         "messages[{i}]: a {} message needs content",
                         m.role
@@ -263,8 +261,10 @@ impl ChatRequest {
         }
         for (i, t) in self.tools.iter().enumerate() {
             if t.name.is_empty() {
-                return Err(Error::bad_request(format!("tools[{i}].function.name is required"))
-                    .with_param(format!("tools[{i}].function.name")));
+                return Err(
+                    Error::bad_request(format!("tools[{i}].function.name is required"))
+                        .with_param(format!("tools[{i}].function.name")),
+                );
             }
         }
         if let Some(ToolChoice::Function(name)) = &self.tool_choice

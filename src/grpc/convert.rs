@@ -150,7 +150,9 @@ impl TryFrom<pb::ChatRequest> for c::ChatRequest {
                     .with_param("tool_choice.mode"));
                 }
             }),
-            Some(pb::tool_choice::Choice::FunctionName(name)) => Some(c::ToolChoice::Function(name)),
+            Some(pb::tool_choice::Choice::FunctionName(name)) => {
+                Some(c::ToolChoice::Function(name))
+            }
         };
         let response_format = match response_format {
             None => None,
@@ -265,8 +267,10 @@ fn message_from_pb(i: usize, m: pb::ChatMessage) -> Result<c::Message, Error> {
                     })
                 }
                 None => {
-                    return Err(Error::bad_request("a content part has neither text nor image_url")
-                        .with_param(format!("messages[{i}].parts[{j}]")));
+                    return Err(Error::bad_request(
+                        "a content part has neither text nor image_url",
+                    )
+                    .with_param(format!("messages[{i}].parts[{j}]")));
                 }
             });
         }
@@ -362,7 +366,11 @@ impl From<&c::ChatChunk> for pb::StreamChatResponse {
                 .map(|ch| pb::StreamChoice {
                     index: ch.index,
                     delta: Some(pb::ChatDelta {
-                        role: ch.delta.role.map(|r| r.as_str().to_string()).unwrap_or_default(),
+                        role: ch
+                            .delta
+                            .role
+                            .map(|r| r.as_str().to_string())
+                            .unwrap_or_default(),
                         content: ch.delta.content.clone().unwrap_or_default(),
                         tool_calls: ch
                             .delta
@@ -498,7 +506,15 @@ mod tests {
             let m = file.message_type.iter().find(|m| m.name() == name).unwrap();
             m.field
                 .iter()
-                .map(|f| (f.name().to_string(), f.number(), f.r#type(), f.type_name().to_string(), f.label()))
+                .map(|f| {
+                    (
+                        f.name().to_string(),
+                        f.number(),
+                        f.r#type(),
+                        f.type_name().to_string(),
+                        f.label(),
+                    )
+                })
                 .collect::<Vec<_>>()
         };
         assert_eq!(fields("ChatRequest"), fields("StreamChatRequest"));

@@ -13,7 +13,10 @@ use crate::core::Gateway;
 use pb::ai_api_service_server::AiApiServiceServer;
 
 /// The door's services, ready for a tonic server.
-pub async fn routes(gateway: Gateway, max_message_bytes: usize) -> Result<Routes, Box<dyn std::error::Error + Send + Sync>> {
+pub async fn routes(
+    gateway: Gateway,
+    max_message_bytes: usize,
+) -> Result<Routes, Box<dyn std::error::Error + Send + Sync>> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<AiApiServiceServer<service::AiApi>>()

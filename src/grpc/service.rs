@@ -79,8 +79,16 @@ fn respond<T>(msg: T, request_id: &str, by: Option<&ServedBy>) -> Response<T> {
     if let Some(by) = by {
         put(md, "x-litellm-model-group", by.model_group.clone());
         put(md, "x-litellm-model-id", by.deployment_id.clone());
-        put(md, "x-litellm-attempted-retries", by.attempted_retries.to_string());
-        put(md, "x-litellm-attempted-fallbacks", by.attempted_fallbacks.to_string());
+        put(
+            md,
+            "x-litellm-attempted-retries",
+            by.attempted_retries.to_string(),
+        );
+        put(
+            md,
+            "x-litellm-attempted-fallbacks",
+            by.attempted_fallbacks.to_string(),
+        );
         put(md, "x-litellm-response-cost", by.cost_usd.to_string());
     }
     resp
@@ -162,7 +170,11 @@ impl AiApiService for AiApi {
         let ctx = context(request.metadata());
         let id = ctx.request_id.clone();
         let req = ChatRequest::try_from(request.into_inner()).map_err(|e| status(e, &id))?;
-        let served = self.gateway.chat(&ctx, req).await.map_err(|e| status(e, &id))?;
+        let served = self
+            .gateway
+            .chat(&ctx, req)
+            .await
+            .map_err(|e| status(e, &id))?;
         Ok(respond(
             pb::ChatResponse::from(&served.value),
             &id,
@@ -231,7 +243,11 @@ impl AiApiService for AiApi {
         let ctx = context(request.metadata());
         let id = ctx.request_id.clone();
         let req = EmbeddingRequest::from(request.into_inner());
-        let served = self.gateway.embed(&ctx, req).await.map_err(|e| status(e, &id))?;
+        let served = self
+            .gateway
+            .embed(&ctx, req)
+            .await
+            .map_err(|e| status(e, &id))?;
         Ok(respond(
             pb::EmbedResponse::from(&served.value),
             &id,

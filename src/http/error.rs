@@ -70,8 +70,10 @@ impl<S: Send + Sync> FromRequest<S> for Body {
 /// Parses a JSON body; the error names the path of the field at fault.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     if body.is_empty() {
-        return Err(Error::bad_request("the request body is empty; send a JSON object")
-            .with_code("invalid_json"));
+        return Err(
+            Error::bad_request("the request body is empty; send a JSON object")
+                .with_code("invalid_json"),
+        );
     }
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {

@@ -57,8 +57,14 @@ fn served_headers(by: &ServedBy, cost: Option<f64>) -> HeaderMap {
     if let Some(base) = &by.api_base {
         put("x-litellm-model-api-base", base.clone());
     }
-    put("x-litellm-attempted-retries", by.attempted_retries.to_string());
-    put("x-litellm-attempted-fallbacks", by.attempted_fallbacks.to_string());
+    put(
+        "x-litellm-attempted-retries",
+        by.attempted_retries.to_string(),
+    );
+    put(
+        "x-litellm-attempted-fallbacks",
+        by.attempted_fallbacks.to_string(),
+    );
     put(
         "x-litellm-response-duration-ms",
         format!("{:.3}", by.started.elapsed().as_secs_f64() * 1000.0),
@@ -83,13 +89,20 @@ pub async fn chat_completions(
         let served = gw.chat_stream(&ctx, req).await?;
         let mut resp = (served_headers(&served.by, None), sse::body(served.value)).into_response();
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         Ok(resp)
     } else {
         let served = gw.chat(&ctx, req).await?;
         let body = ChatCompletion::from(&served.value);
-        Ok((served_headers(&served.by, Some(served.by.cost_usd)), Json(body)).into_response())
+        Ok((
+            served_headers(&served.by, Some(served.by.cost_usd)),
+            Json(body),
+        )
+            .into_response())
     }
 }
 
@@ -114,7 +127,11 @@ pub async fn embeddings(
     };
     let served = gw.embed(&ctx, EmbeddingRequest::from(wire)).await?;
     let body = wire::convert::embedding_response_to_wire(&served.value, base64);
-    Ok((served_headers(&served.by, Some(served.by.cost_usd)), Json(body)).into_response())
+    Ok((
+        served_headers(&served.by, Some(served.by.cost_usd)),
+        Json(body),
+    )
+        .into_response())
 }
 
 pub async fn generate_image(
@@ -127,7 +144,11 @@ pub async fn generate_image(
     let wire: ImageGenerationRequest = parse_json(&body)?;
     let served = gw.generate_image(&ctx, ImageRequest::from(wire)).await?;
     let body = ImagesResponse::from(&served.value);
-    Ok((served_headers(&served.by, Some(served.by.cost_usd)), Json(body)).into_response())
+    Ok((
+        served_headers(&served.by, Some(served.by.cost_usd)),
+        Json(body),
+    )
+        .into_response())
 }
 
 pub async fn list_models(
@@ -165,9 +186,7 @@ pub async fn readiness(State(gw): State<Gateway>) -> Json<serde_json::Value> {
 }
 
 pub async fn not_found(uri: axum::http::Uri) -> HttpError {
-    HttpError(
-        Error::not_found(format!("no route for {}", uri.path())).with_code("route_not_found"),
-    )
+    HttpError(Error::not_found(format!("no route for {}", uri.path())).with_code("route_not_found"))
 }
 
 pub async fn method_not_allowed() -> Response {

@@ -178,10 +178,10 @@ fn part_from_wire(i: usize, j: usize, p: w::ContentPart) -> Result<c::ContentPar
         ("text", None, _) => {
             Err(Error::bad_request("a text content part needs \"text\"").with_param(param()))
         }
-        ("image_url", _, None) => Err(
-            Error::bad_request("an image_url content part needs \"image_url\"")
-                .with_param(param()),
-        ),
+        ("image_url", _, None) => Err(Error::bad_request(
+            "an image_url content part needs \"image_url\"",
+        )
+        .with_param(param())),
         (other, _, _) => Err(Error::bad_request(format!(
             "content part type {other:?} is not supported; use \"text\" or \"image_url\""
         ))
@@ -435,7 +435,8 @@ fn message_to_wire(m: &c::Message) -> w::ChatMessage {
             ),
         }),
         name: name.clone(),
-        tool_calls: (!tool_calls.is_empty()).then(|| tool_calls.iter().map(tool_call_to_wire).collect()),
+        tool_calls: (!tool_calls.is_empty())
+            .then(|| tool_calls.iter().map(tool_call_to_wire).collect()),
         tool_call_id: tool_call_id.clone(),
         refusal: refusal.clone(),
     }
@@ -452,7 +453,10 @@ fn tool_call_to_wire(t: &c::ToolCall) -> w::ToolCall {
     }
 }
 
-pub fn embedding_request_to_wire(req: &c::EmbeddingRequest, upstream_model: &str) -> w::EmbeddingRequest {
+pub fn embedding_request_to_wire(
+    req: &c::EmbeddingRequest,
+    upstream_model: &str,
+) -> w::EmbeddingRequest {
     let c::EmbeddingRequest {
         model: _,
         input,
@@ -475,7 +479,10 @@ pub fn embedding_request_to_wire(req: &c::EmbeddingRequest, upstream_model: &str
     }
 }
 
-pub fn image_request_to_wire(req: &c::ImageRequest, upstream_model: &str) -> w::ImageGenerationRequest {
+pub fn image_request_to_wire(
+    req: &c::ImageRequest,
+    upstream_model: &str,
+) -> w::ImageGenerationRequest {
     let c::ImageRequest {
         model: _,
         prompt,
@@ -752,7 +759,11 @@ impl From<&c::ChatResponse> for w::ChatCompletion {
                         content: ch.message.content.as_ref().map(c::Content::text),
                         refusal: ch.message.refusal.clone(),
                         tool_calls: (!ch.message.tool_calls.is_empty()).then(|| {
-                            ch.message.tool_calls.iter().map(tool_call_to_wire).collect()
+                            ch.message
+                                .tool_calls
+                                .iter()
+                                .map(tool_call_to_wire)
+                                .collect()
                         }),
                     },
                     logprobs: ch.logprobs.clone(),
@@ -914,14 +925,28 @@ mod tests {
         core.validate().unwrap();
         assert!(core.include_usage);
         assert_eq!(core.stop, vec!["END"]);
-        assert_eq!(core.extra.get("reasoning_effort"), Some(&Value::from("low")));
-        let out = chat_request_to_wire(&core, "gpt-4o-mini-2024", true, MaxTokensField::MaxCompletionTokens);
+        assert_eq!(
+            core.extra.get("reasoning_effort"),
+            Some(&Value::from("low"))
+        );
+        let out = chat_request_to_wire(
+            &core,
+            "gpt-4o-mini-2024",
+            true,
+            MaxTokensField::MaxCompletionTokens,
+        );
         let out = serde_json::to_value(&out).unwrap();
         assert_eq!(out["model"], "gpt-4o-mini-2024");
         assert_eq!(out["max_completion_tokens"], 50);
         assert!(out.get("max_tokens").is_none());
-        assert_eq!(out["messages"][1]["content"][1]["image_url"]["detail"], "low");
-        assert_eq!(out["messages"][2]["tool_calls"][0]["function"]["arguments"], "{\"x\":1}");
+        assert_eq!(
+            out["messages"][1]["content"][1]["image_url"]["detail"],
+            "low"
+        );
+        assert_eq!(
+            out["messages"][2]["tool_calls"][0]["function"]["arguments"],
+            "{\"x\":1}"
+        );
         assert_eq!(out["messages"][3]["tool_call_id"], "call_1");
         assert_eq!(out["tool_choice"]["function"]["name"], "look");
         assert_eq!(out["reasoning_effort"], "low");
@@ -936,7 +961,8 @@ mod tests {
         assert!(e.message.contains("input_audio"));
         assert_eq!(e.param.as_deref(), Some("messages[0].content[0]"));
 
-        let json = serde_json::json!({"model": "m", "messages": [{"role": "robot", "content": "x"}]});
+        let json =
+            serde_json::json!({"model": "m", "messages": [{"role": "robot", "content": "x"}]});
         let wire: w::ChatCompletionRequest = serde_json::from_value(json).unwrap();
         let e = c::ChatRequest::try_from(wire).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages[0].role"));

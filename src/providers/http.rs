@@ -83,7 +83,10 @@ impl Upstream {
     }
 
     /// Reads a whole JSON answer.
-    pub async fn read_json<T: DeserializeOwned>(&self, resp: reqwest::Response) -> Result<T, Error> {
+    pub async fn read_json<T: DeserializeOwned>(
+        &self,
+        resp: reqwest::Response,
+    ) -> Result<T, Error> {
         let body = resp.bytes().await.map_err(transport_error)?;
         if self.log_raw {
             tracing::info!(
@@ -100,7 +103,9 @@ impl Upstream {
 /// Decodes a provider's JSON, calling anything else a bad gateway.
 pub fn decode_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     serde_json::from_slice(body).map_err(|e| {
-        Error::bad_gateway(format!("the provider answered something that is not the expected JSON: {e}"))
+        Error::bad_gateway(format!(
+            "the provider answered something that is not the expected JSON: {e}"
+        ))
     })
 }
 

@@ -9,12 +9,13 @@ use crate::config::DeploymentConfig;
 use crate::core::error::Error;
 use crate::core::types::{
     ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Delta, EmbeddingInput,
-    EmbeddingRequest, EmbeddingResponse, FinishReason, GeneratedImage, ImageRequest,
-    ImageResponse, Message, Role, Usage, unix_now,
+    EmbeddingRequest, EmbeddingResponse, FinishReason, GeneratedImage, ImageRequest, ImageResponse,
+    Message, Role, Usage, unix_now,
 };
 
 /// A 1×1 transparent PNG.
-const PIXEL_PNG_B64: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII=";
+const PIXEL_PNG_B64: &str =
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII=";
 
 #[derive(Debug)]
 pub struct MockProvider {
@@ -94,13 +95,18 @@ impl ProviderApi for MockProvider {
                 logprobs: None,
             }]
         };
-        let mut chunks = vec![chunk(delta(Some(Role::Assistant), Some(String::new()), None), None)];
+        let mut chunks = vec![chunk(
+            delta(Some(Role::Assistant), Some(String::new()), None),
+            None,
+        )];
         for word in self.text.split_inclusive(' ') {
             chunks.push(chunk(delta(None, Some(word.to_string()), None), None));
         }
         chunks.push(chunk(delta(None, None, Some(FinishReason::Stop)), None));
         chunks.push(chunk(Vec::new(), Some(self.usage(req))));
-        Ok(Box::pin(futures_util::stream::iter(chunks.into_iter().map(Ok))))
+        Ok(Box::pin(futures_util::stream::iter(
+            chunks.into_iter().map(Ok),
+        )))
     }
 
     async fn embed(&self, req: &EmbeddingRequest) -> Result<EmbeddingResponse, Error> {
@@ -172,6 +178,9 @@ mod tests {
         let last = chunks.last().unwrap().as_ref().unwrap();
         assert_eq!(last.usage.unwrap().completion_tokens, 3);
         let full = p.chat(&req).await.unwrap();
-        assert_eq!(full.choices[0].message.content, Some(Content::Text("one two three".into())));
+        assert_eq!(
+            full.choices[0].message.content,
+            Some(Content::Text("one two three".into()))
+        );
     }
 }

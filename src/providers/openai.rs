@@ -13,7 +13,9 @@ use crate::core::types::{
     ImageResponse,
 };
 use crate::openai::convert::{self, MaxTokensField};
-use crate::openai::{ChatCompletion, ChatCompletionChunk, EmbeddingResponse as WireEmbeddings, ImagesResponse};
+use crate::openai::{
+    ChatCompletion, ChatCompletionChunk, EmbeddingResponse as WireEmbeddings, ImagesResponse,
+};
 
 /// How a host is reached: its default base URL (`None`: `api_base` is required) and how the
 /// key is sent.
@@ -41,9 +43,11 @@ fn preset(kind: ProviderKind) -> Preset {
         ProviderKind::OpenRouter => (Some("https://openrouter.ai/api/v1"), Auth::Bearer, Mt),
         ProviderKind::Xai => (Some("https://api.x.ai/v1"), Auth::Bearer, Mt),
         ProviderKind::TogetherAi => (Some("https://api.together.xyz/v1"), Auth::Bearer, Mt),
-        ProviderKind::FireworksAi => {
-            (Some("https://api.fireworks.ai/inference/v1"), Auth::Bearer, Mt)
-        }
+        ProviderKind::FireworksAi => (
+            Some("https://api.fireworks.ai/inference/v1"),
+            Auth::Bearer,
+            Mt,
+        ),
         ProviderKind::Ollama => (Some("http://localhost:11434/v1"), Auth::Bearer, Mt),
         ProviderKind::HostedVllm => (None, Auth::Bearer, Mt),
         ProviderKind::LmStudio => (Some("http://localhost:1234/v1"), Auth::Bearer, Mt),
@@ -191,7 +195,10 @@ impl ProviderApi for OpenAiProvider {
 
     async fn generate_image(&self, req: &ImageRequest) -> Result<ImageResponse, Error> {
         let body = convert::image_request_to_wire(req, &self.up.deployment.upstream_model);
-        let resp = self.up.send_json(self.post(&self.images_url)?, &body).await?;
+        let resp = self
+            .up
+            .send_json(self.post(&self.images_url)?, &body)
+            .await?;
         let wire: ImagesResponse = self.up.read_json(resp).await?;
         Ok(wire.into())
     }
@@ -200,7 +207,9 @@ impl ProviderApi for OpenAiProvider {
 /// One SSE `data:` payload: a chunk, or an error event the provider sent mid-stream.
 fn parse_chunk(data: &str) -> Result<ChatChunk, Error> {
     let value: serde_json::Value = serde_json::from_str(data).map_err(|e| {
-        Error::bad_gateway(format!("the provider's stream held something that is not JSON: {e}"))
+        Error::bad_gateway(format!(
+            "the provider's stream held something that is not JSON: {e}"
+        ))
     })?;
     if value.get("error").is_some() {
         let status = value
@@ -209,10 +218,15 @@ fn parse_chunk(data: &str) -> Result<ChatChunk, Error> {
             .and_then(|c| u16::try_from(c).ok())
             .filter(|c| (400..600).contains(c))
             .unwrap_or(502);
-        return Err(upstream_error(status, &bytes::Bytes::from(data.to_string())));
+        return Err(upstream_error(
+            status,
+            &bytes::Bytes::from(data.to_string()),
+        ));
     }
     let wire: ChatCompletionChunk = serde_json::from_value(value).map_err(|e| {
-        Error::bad_gateway(format!("the provider's stream held an unexpected chunk: {e}"))
+        Error::bad_gateway(format!(
+            "the provider's stream held an unexpected chunk: {e}"
+        ))
     })?;
     Ok(wire.into())
 }
