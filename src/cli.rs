@@ -149,10 +149,7 @@ async fn run_server(cli: Cli) -> ExitCode {
         models = config.model_names().len(),
         "ai-api listening"
     );
-    let opts = ServeOptions {
-        root_path,
-        grace: SHUTDOWN_GRACE,
-    };
+    let opts = ServeOptions::new(root_path, SHUTDOWN_GRACE);
     match serve(&config, http, grpc, opts, shutdown_signal()).await {
         Ok(()) => {
             tracing::info!("stopped");

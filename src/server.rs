@@ -3,6 +3,7 @@
 //! and streams finish within the grace period, then returns.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -10,6 +11,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::core::Gateway;
+use crate::core::router::{Clock, SystemClock};
 use crate::http::{HttpOptions, router};
 
 /// How the server runs, beside its config.
@@ -19,6 +21,18 @@ pub struct ServeOptions {
     pub root_path: String,
     /// How long in-flight requests may run on after shutdown begins.
     pub grace: Duration,
+    /// The router's clock (tests pass a manual one).
+    pub clock: Arc<dyn Clock>,
+}
+
+impl ServeOptions {
+    pub fn new(root_path: impl Into<String>, grace: Duration) -> Self {
+        ServeOptions {
+            root_path: root_path.into(),
+            grace,
+            clock: Arc::new(SystemClock),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +58,8 @@ pub async fn serve(
     opts: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let gateway = Gateway::new(config).map_err(|e| ServeError::Start(e.message))?;
+    let gateway = Gateway::with_clock(config, opts.clock.clone())
+        .map_err(|e| ServeError::Start(e.message))?;
     let app = router(
         gateway.clone(),
         &HttpOptions {

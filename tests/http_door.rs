@@ -514,7 +514,7 @@ async fn a_cancelled_stream_closes_the_upstream_connection() {
     }
     drop(resp);
     assert!(
-        fake.stream_closed_within(Duration::from_secs(2)).await,
+        fake.stream_closed_within(Duration::from_secs(1)).await,
         "upstream stream still open"
     );
 }

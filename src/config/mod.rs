@@ -21,6 +21,73 @@ pub const DEFAULT_ROOT_PATH: &str = "/ai-api";
 /// The default body limit, in MiB (`general_settings.max_request_size_mb`).
 pub const DEFAULT_MAX_REQUEST_SIZE_MB: f64 = 32.0;
 
+/// How a deployment is picked within a model group (`router_settings.routing_strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RoutingStrategy {
+    /// Random, weighted by `weight`, else `rpm`, else `tpm` (LiteLLM's default).
+    #[default]
+    SimpleShuffle,
+    /// Fewest requests in flight.
+    LeastBusy,
+    /// Lowest recent latency.
+    LatencyBased,
+    /// Fewest tokens used in the last minute.
+    UsageBased,
+}
+
+impl RoutingStrategy {
+    pub const NAMES: [&'static str; 5] = [
+        "simple-shuffle",
+        "least-busy",
+        "latency-based-routing",
+        "usage-based-routing",
+        "usage-based-routing-v2",
+    ];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "simple-shuffle" => Some(RoutingStrategy::SimpleShuffle),
+            "least-busy" => Some(RoutingStrategy::LeastBusy),
+            "latency-based-routing" => Some(RoutingStrategy::LatencyBased),
+            "usage-based-routing" | "usage-based-routing-v2" => Some(RoutingStrategy::UsageBased),
+            _ => None,
+        }
+    }
+}
+
+/// Retries, fallbacks and cooldowns (`router_settings`, else `litellm_settings`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouterSettings {
+    pub strategy: RoutingStrategy,
+    /// Retries after the first attempt, on retryable failures only.
+    pub num_retries: u32,
+    /// Minimum wait before a retry.
+    pub retry_after: Duration,
+    /// Failures of one deployment within a minute tolerated before it cools down.
+    pub allowed_fails: u32,
+    pub cooldown_time: Duration,
+    pub fallbacks: BTreeMap<String, Vec<String>>,
+    pub context_window_fallbacks: BTreeMap<String, Vec<String>>,
+    pub content_policy_fallbacks: BTreeMap<String, Vec<String>>,
+    pub default_fallbacks: Vec<String>,
+}
+
+impl Default for RouterSettings {
+    fn default() -> Self {
+        RouterSettings {
+            strategy: RoutingStrategy::SimpleShuffle,
+            num_retries: 0,
+            retry_after: Duration::ZERO,
+            allowed_fails: 3,
+            cooldown_time: Duration::from_secs(5),
+            fallbacks: BTreeMap::new(),
+            context_window_fallbacks: BTreeMap::new(),
+            content_policy_fallbacks: BTreeMap::new(),
+            default_fallbacks: Vec::new(),
+        }
+    }
+}
+
 /// One deployment: a `model_list` entry, resolved.
 #[derive(Debug, Clone)]
 pub struct DeploymentConfig {
@@ -41,10 +108,12 @@ pub struct DeploymentConfig {
     pub timeout: Option<Duration>,
     /// Bounds the wait for each next chunk of a stream.
     pub stream_timeout: Option<Duration>,
+    /// Retries for requests to this deployment's group (`max_retries`/`num_retries`).
     pub max_retries: Option<u32>,
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
     pub weight: Option<f64>,
+    pub max_parallel_requests: Option<u32>,
     pub input_cost_per_token: Option<f64>,
     pub output_cost_per_token: Option<f64>,
 }
@@ -62,6 +131,7 @@ pub struct Config {
     pub disable_spend_logs: bool,
     pub disable_error_logs: bool,
     pub database_url: Option<String>,
+    pub router: RouterSettings,
 }
 
 impl Config {
@@ -230,10 +300,11 @@ fn resolve(
     let RawConfig {
         model_list,
         general_settings,
-        litellm_settings,
-        router_settings,
+        mut litellm_settings,
+        mut router_settings,
         environment_variables: _,
     } = raw;
+    let routing = router_settings.routing().or(litellm_settings.routing());
 
     let default_timeout = seconds(
         "router_settings.timeout",
@@ -304,7 +375,14 @@ fn resolve(
             message: format!("must be a positive number, got {max_mb}"),
         });
     }
+    let router = resolve_router(
+        routing,
+        router_settings.routing_strategy.as_deref(),
+        &deployments,
+        &mut problems,
+    );
     let config = Config {
+        router,
         deployments,
         master_key,
         server_root_path: general_settings.server_root_path,
@@ -318,6 +396,97 @@ fn resolve(
         database_url,
     };
     (config, problems)
+}
+
+fn resolve_router(
+    r: litellm::RawRouting,
+    strategy: Option<&str>,
+    deployments: &[DeploymentConfig],
+    problems: &mut Vec<ConfigProblem>,
+) -> RouterSettings {
+    let d = RouterSettings::default();
+    let strategy = match strategy {
+        None => d.strategy,
+        Some(s) => RoutingStrategy::parse(s).unwrap_or_else(|| {
+            let best = RoutingStrategy::NAMES
+                .iter()
+                .map(|n| (strsim::levenshtein(s, n), *n))
+                .min();
+            let hint = match best {
+                Some((dist, n)) if dist <= 4 => format!("did you mean {n:?}?"),
+                _ => format!("supported: {}", RoutingStrategy::NAMES.join(", ")),
+            };
+            problems.push(ConfigProblem {
+                path: "router_settings.routing_strategy".into(),
+                message: format!("unknown routing strategy {s:?}; {hint}"),
+            });
+            d.strategy
+        }),
+    };
+    let groups: Vec<&str> = {
+        let mut g: Vec<&str> = deployments.iter().map(|d| d.model_name.as_str()).collect();
+        g.dedup();
+        g
+    };
+    let mut check_group = |path: String, name: &str| {
+        if !deployments.iter().any(|d| d.model_name == name) {
+            let best = groups
+                .iter()
+                .map(|g| (strsim::levenshtein(name, g), *g))
+                .min();
+            let hint = match best {
+                Some((dist, g)) if dist <= 3 => format!("; did you mean {g:?}?"),
+                _ => String::new(),
+            };
+            problems.push(ConfigProblem {
+                path,
+                message: format!("{name:?} is not a model_name of model_list{hint}"),
+            });
+        }
+    };
+    let mut table = |key: &str, v: Option<Vec<BTreeMap<String, Vec<String>>>>| {
+        let mut out = BTreeMap::new();
+        for (i, entry) in v.unwrap_or_default().into_iter().enumerate() {
+            for (group, targets) in entry {
+                check_group(format!("router_settings.{key}[{i}]"), &group);
+                for (j, t) in targets.iter().enumerate() {
+                    check_group(format!("router_settings.{key}[{i}].{group}[{j}]"), t);
+                }
+                out.insert(group, targets);
+            }
+        }
+        out
+    };
+    let fallbacks = table("fallbacks", r.fallbacks);
+    let context_window_fallbacks = table("context_window_fallbacks", r.context_window_fallbacks);
+    let content_policy_fallbacks = table("content_policy_fallbacks", r.content_policy_fallbacks);
+    let default_fallbacks = r.default_fallbacks.unwrap_or_default();
+    for (i, g) in default_fallbacks.iter().enumerate() {
+        check_group(format!("router_settings.default_fallbacks[{i}]"), g);
+    }
+    let retry_after = match r.retry_after {
+        Some(v) if v >= 0.0 => Duration::try_from_secs_f64(v).unwrap_or(Duration::ZERO),
+        Some(v) => {
+            problems.push(ConfigProblem {
+                path: "router_settings.retry_after".into(),
+                message: format!("must be a non-negative number of seconds, got {v}"),
+            });
+            Duration::ZERO
+        }
+        None => d.retry_after,
+    };
+    RouterSettings {
+        strategy,
+        num_retries: r.num_retries.unwrap_or(d.num_retries),
+        retry_after,
+        allowed_fails: r.allowed_fails.unwrap_or(d.allowed_fails),
+        cooldown_time: seconds("router_settings.cooldown_time", r.cooldown_time, problems)
+            .unwrap_or(d.cooldown_time),
+        fallbacks,
+        context_window_fallbacks,
+        content_policy_fallbacks,
+        default_fallbacks,
+    }
 }
 
 fn resolve_model(
@@ -422,10 +591,11 @@ fn resolve_model(
         mock_response: p.mock_response,
         timeout,
         stream_timeout,
-        max_retries: p.max_retries,
+        max_retries: p.max_retries.or(p.num_retries),
         rpm: p.rpm,
         tpm: p.tpm,
         weight: p.weight,
+        max_parallel_requests: p.max_parallel_requests,
         input_cost_per_token: p.input_cost_per_token.or(info.input_cost_per_token),
         output_cost_per_token: p.output_cost_per_token.or(info.output_cost_per_token),
     })
@@ -532,6 +702,36 @@ mod tests {
         assert_eq!(
             loaded.config.deployments[0].api_key,
             Credential::Key(Secret::new("sk-env"))
+        );
+    }
+
+    #[test]
+    fn routing_keys_are_read_from_either_section_router_settings_winning() {
+        let yaml = "model_list:\n  - model_name: a\n    litellm_params: {model: openai/x, api_key: k}\n  - model_name: b\n    litellm_params: {model: openai/y, api_key: k}\nlitellm_settings:\n  num_retries: 2\n  fallbacks: [{a: [b]}]\nrouter_settings:\n  num_retries: 4\n  routing_strategy: least-busy\n  cooldown_time: 30\n";
+        let r = load_str(yaml, "t", &env_of(&[])).unwrap().config.router;
+        assert_eq!(r.num_retries, 4);
+        assert_eq!(r.strategy, RoutingStrategy::LeastBusy);
+        assert_eq!(r.cooldown_time, Duration::from_secs(30));
+        assert_eq!(r.fallbacks.get("a"), Some(&vec!["b".to_string()]));
+        assert_eq!(r.allowed_fails, 3);
+    }
+
+    #[test]
+    fn fallbacks_to_unknown_groups_and_unknown_strategies_are_errors() {
+        let yaml = "model_list:\n  - model_name: gpt-4o\n    litellm_params: {model: openai/x, api_key: k}\nrouter_settings:\n  routing_strategy: least_busy\n  fallbacks: [{gpt-4o: [gpt-4p]}]\n";
+        let e = load_str(yaml, "t", &env_of(&[])).unwrap_err();
+        let text: Vec<String> = e.problems.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter()
+                .any(|p| p.starts_with("router_settings.routing_strategy")
+                    && p.contains("least-busy")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|p| p.starts_with("router_settings.fallbacks[0].gpt-4o[0]")
+                    && p.contains("did you mean \"gpt-4o\"")),
+            "{text:?}"
         );
     }
 

@@ -4,22 +4,26 @@
 
 pub mod cost;
 pub mod error;
+pub mod limiter;
+pub mod router;
 pub mod types;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
+use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::config::{Config, DeploymentConfig, Secret};
+use crate::config::{Config, Secret};
 use crate::providers::{ChunkStream, Provider};
 use cost::PriceTable;
 use error::{Error, ErrorKind};
+use limiter::MemoryLimiter;
+use router::{Clock, Deployment, Lease, RouteOverrides, Routed, Router, SystemClock};
 use types::{
     ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, ImageRequest,
     ImageResponse, ModelInfo, Usage,
@@ -27,6 +31,26 @@ use types::{
 
 /// LiteLLM's default whole-call timeout when neither the deployment nor the router sets one.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Body parameters that steer the gateway (LiteLLM's) and are never sent to a provider.
+const GATEWAY_PARAMS: [&str; 16] = [
+    "fallbacks",
+    "num_retries",
+    "timeout",
+    "stream_timeout",
+    "context_window_fallbacks",
+    "content_policy_fallbacks",
+    "mock_response",
+    "mock_testing_fallbacks",
+    "metadata",
+    "litellm_metadata",
+    "tags",
+    "caching",
+    "api_key",
+    "api_base",
+    "base_url",
+    "api_version",
+];
 
 /// Which door a request came through (for logs and metrics only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +93,7 @@ impl RequestContext {
 /// Where an answer came from: what the doors put in response headers / metadata.
 #[derive(Debug, Clone)]
 pub struct ServedBy {
+    /// The group that served the answer (after a fallback, the fallback's).
     pub model_group: String,
     pub deployment_id: String,
     pub api_base: Option<String>,
@@ -76,6 +101,15 @@ pub struct ServedBy {
     pub attempted_retries: u32,
     pub attempted_fallbacks: u32,
     pub started: Instant,
+    /// Time spent waiting on providers up to the answer (or the first chunk).
+    pub upstream: Duration,
+}
+
+impl ServedBy {
+    /// The gateway's own time so far: everything but the providers'.
+    pub fn overhead(&self) -> Duration {
+        self.started.elapsed().saturating_sub(self.upstream)
+    }
 }
 
 /// An answer and where it came from.
@@ -85,22 +119,9 @@ pub struct Served<T> {
     pub by: ServedBy,
 }
 
-/// A deployment ready to serve.
-#[derive(Debug)]
-pub struct Deployment {
-    pub config: DeploymentConfig,
-    provider: Provider,
-}
-
-#[derive(Debug)]
-struct Group {
-    deployments: Vec<Arc<Deployment>>,
-    next: AtomicUsize,
-}
-
 #[derive(Debug)]
 struct Inner {
-    groups: HashMap<String, Group>,
+    router: Router,
     models: Vec<ModelInfo>,
     master_key: Option<Secret>,
     log_raw: bool,
@@ -113,8 +134,58 @@ pub struct Gateway {
     inner: Arc<Inner>,
 }
 
+/// Takes the gateway's own parameters out of a request's pass-through map.
+fn take_overrides(extra: &mut BTreeMap<String, Value>) -> Result<RouteOverrides, Error> {
+    let mut o = RouteOverrides::default();
+    if let Some(v) = extra.get("fallbacks").filter(|v| !v.is_null()) {
+        let list = v
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|x| x.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .unwrap_or(None)
+            .ok_or_else(|| {
+                Error::bad_request("fallbacks must be a list of model names")
+                    .with_param("fallbacks")
+            })?;
+        o.fallbacks = Some(list);
+    }
+    if let Some(v) = extra.get("num_retries").filter(|v| !v.is_null()) {
+        let n = v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| {
+                Error::bad_request("num_retries must be a non-negative integer")
+                    .with_param("num_retries")
+            })?;
+        o.num_retries = Some(n);
+    }
+    if let Some(v) = extra.get("timeout").filter(|v| !v.is_null()) {
+        let t = v
+            .as_f64()
+            .filter(|t| *t > 0.0)
+            .and_then(|t| Duration::try_from_secs_f64(t).ok())
+            .ok_or_else(|| {
+                Error::bad_request("timeout must be a positive number of seconds")
+                    .with_param("timeout")
+            })?;
+        o.timeout = Some(t);
+    }
+    for k in GATEWAY_PARAMS {
+        extra.remove(k);
+    }
+    Ok(o)
+}
+
 impl Gateway {
     pub fn new(config: &Config) -> Result<Self, Error> {
+        Self::with_clock(config, Arc::new(SystemClock))
+    }
+
+    /// A gateway whose router reads time from `clock` (tests move it by hand).
+    pub fn with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Self, Error> {
         let client = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
@@ -123,29 +194,28 @@ impl Gateway {
             .build()
             .map_err(|e| Error::internal(format!("cannot build the HTTP client: {e}")))?;
         let created = types::unix_now();
-        let mut groups: HashMap<String, Group> = HashMap::new();
-        let mut models = Vec::new();
-        for d in &config.deployments {
-            let dep = Arc::new(Deployment {
-                config: d.clone(),
-                provider: Provider::new(d, client.clone(), config.log_raw_request_response),
-            });
-            let group = groups.entry(d.model_name.clone()).or_insert_with(|| {
+        let mut models: Vec<ModelInfo> = Vec::new();
+        let mut deployments = Vec::with_capacity(config.deployments.len());
+        for (i, d) in config.deployments.iter().enumerate() {
+            if !models.iter().any(|m| m.id == d.model_name) {
                 models.push(ModelInfo {
                     id: d.model_name.clone(),
                     owned_by: d.provider.name().to_string(),
                     created,
                 });
-                Group {
-                    deployments: Vec::new(),
-                    next: AtomicUsize::new(0),
-                }
-            });
-            group.deployments.push(dep);
+            }
+            let provider = Provider::new(d, client.clone(), config.log_raw_request_response);
+            deployments.push(Arc::new(Deployment::new(d.clone(), provider, i)));
         }
+        let router = Router::new(
+            config.router.clone(),
+            deployments,
+            Arc::new(MemoryLimiter::new()),
+            clock,
+        );
         Ok(Gateway {
             inner: Arc::new(Inner {
-                groups,
+                router,
                 models,
                 master_key: config.master_key.clone(),
                 log_raw: config.log_raw_request_response,
@@ -157,6 +227,11 @@ impl Gateway {
     /// How many model groups are served.
     pub fn model_count(&self) -> usize {
         self.inner.models.len()
+    }
+
+    /// Deployments cooling down now: (group, deployment id, time left).
+    pub fn cooldowns(&self) -> Vec<(String, String, Duration)> {
+        self.inner.router.cooldowns()
     }
 
     /// Whether a master key guards the gateway.
@@ -206,51 +281,51 @@ impl Gateway {
         .with_code("model_not_found")
     }
 
-    /// Picks the deployment for a request to `model`.
-    fn pick(&self, model: &str) -> Result<(&str, Arc<Deployment>), Error> {
-        let (name, group) = self
-            .inner
-            .groups
-            .get_key_value(model)
-            .ok_or_else(|| self.unknown_model(model))?;
-        let n = group.deployments.len();
-        let i = group.next.fetch_add(1, Ordering::Relaxed) % n.max(1);
-        let dep =
-            group.deployments.get(i).cloned().ok_or_else(|| {
-                Error::internal(format!("model group {model:?} has no deployment"))
-            })?;
-        Ok((name.as_str(), dep))
-    }
-
-    fn served_by(&self, group: &str, dep: &Deployment, started: Instant, cost: f64) -> ServedBy {
-        ServedBy {
-            model_group: group.to_string(),
-            deployment_id: dep.config.id.clone(),
-            api_base: dep.config.api_base.clone(),
-            cost_usd: cost,
-            attempted_retries: 0,
-            attempted_fallbacks: 0,
-            started,
+    /// Checks the model group exists before anything is routed.
+    fn require_group(&self, model: &str) -> Result<(), Error> {
+        match self.inner.router.group(model) {
+            Some(_) => Ok(()),
+            None => Err(self.unknown_model(model)),
         }
     }
 
-    /// Runs `fut` within the deployment's timeout and the client's deadline.
+    fn served_by<T>(&self, r: &Routed<T>, started: Instant, cost: f64) -> ServedBy {
+        ServedBy {
+            model_group: r.group.clone(),
+            deployment_id: r.deployment.config.id.clone(),
+            api_base: r.deployment.config.api_base.clone(),
+            cost_usd: cost,
+            attempted_retries: r.attempted_retries,
+            attempted_fallbacks: r.attempted_fallbacks,
+            started,
+            upstream: r.upstream,
+        }
+    }
+
+    /// The whole-call timeout of an attempt on `d`.
+    fn call_timeout(d: &Deployment, requested: Option<Duration>) -> Duration {
+        requested.or(d.config.timeout).unwrap_or(DEFAULT_TIMEOUT)
+    }
+
+    /// Runs `fut` within `timeout` and the client's deadline.
     async fn bounded<T>(
-        &self,
-        ctx: &RequestContext,
+        deadline: Option<Instant>,
         timeout: Duration,
         fut: impl Future<Output = Result<T, Error>>,
     ) -> Result<T, Error> {
         let own = Instant::now() + timeout;
-        let (deadline, theirs) = match ctx.deadline {
+        let (at, theirs) = match deadline {
             Some(d) if d < own => (d, true),
             _ => (own, false),
         };
-        match tokio::time::timeout_at(deadline, fut).await {
+        match tokio::time::timeout_at(at, fut).await {
             Ok(r) => r,
-            Err(_) if theirs => {
-                Err(Error::timeout("the client's deadline passed").with_code("deadline_exceeded"))
-            }
+            // The client's deadline is not the provider's fault: nothing to retry.
+            Err(_) if theirs => Err(Error::new(
+                ErrorKind::Cancelled,
+                "the client's deadline passed",
+            )
+            .with_code("deadline_exceeded")),
             Err(_) => Err(Error::timeout(format!(
                 "the provider did not answer within {:.1}s",
                 timeout.as_secs_f64()
@@ -277,31 +352,52 @@ impl Gateway {
     async fn chat_inner(
         &self,
         ctx: &RequestContext,
-        req: ChatRequest,
+        mut req: ChatRequest,
         started: Instant,
     ) -> Result<Served<ChatResponse>, Error> {
         self.authorize(ctx)?;
+        let overrides = take_overrides(&mut req.extra)?;
+        let requested_timeout = overrides.timeout;
         req.validate()?;
-        let (group, dep) = self.pick(&req.model)?;
+        self.require_group(&req.model)?;
         self.log_raw_request(ctx, &req);
-        let timeout = dep.config.timeout.unwrap_or(DEFAULT_TIMEOUT);
-        let mut resp = self.bounded(ctx, timeout, dep.provider.chat(&req)).await?;
+        let req = &req;
+        let routed = self
+            .inner
+            .router
+            .route(&req.model, &overrides, ctx.deadline, move |d| async move {
+                let timeout = Self::call_timeout(&d, requested_timeout);
+                Self::bounded(ctx.deadline, timeout, d.provider.chat(req)).await
+            })
+            .await?;
         let mut cost = 0.0;
+        let mut resp = routed.value;
         if let Some(u) = resp.usage.as_mut() {
-            u.cost_usd = self.inner.prices.token_cost(&dep.config, u);
+            u.cost_usd = self.inner.prices.token_cost(&routed.deployment.config, u);
             cost = u.cost_usd;
+            self.inner
+                .router
+                .add_tokens(&routed.deployment, u64::from(u.total_tokens));
         }
         if self.inner.log_raw {
             tracing::info!(target: "ai_api::raw", request_id = %ctx.request_id, response = ?resp, "response");
         }
-        Ok(Served {
-            value: resp,
-            by: self.served_by(group, &dep, started, cost),
-        })
+        let by = ServedBy {
+            model_group: routed.group,
+            deployment_id: routed.deployment.config.id.clone(),
+            api_base: routed.deployment.config.api_base.clone(),
+            cost_usd: cost,
+            attempted_retries: routed.attempted_retries,
+            attempted_fallbacks: routed.attempted_fallbacks,
+            started,
+            upstream: routed.upstream,
+        };
+        Ok(Served { value: resp, by })
     }
 
-    /// Starts a streamed chat. The first chunk is awaited here, so a provider that fails
-    /// before its first token is an error of the call (a proper status), not of the stream.
+    /// Starts a streamed chat. The first chunk is awaited inside the routed attempt, so a
+    /// provider that fails before its first token is retried or falls back like any call;
+    /// once the first byte has gone to the client, nothing is retried.
     pub async fn chat_stream(
         &self,
         ctx: &RequestContext,
@@ -310,18 +406,24 @@ impl Gateway {
         let started = Instant::now();
         let log = RequestLog::start(ctx, &req.model, started);
         match self.chat_stream_inner(ctx, req, started).await {
-            Ok((by, first, rest, dep, include_usage)) => {
+            Ok((by, routed, include_usage)) => {
+                let Routed {
+                    value: (first, rest),
+                    deployment,
+                    lease,
+                    ..
+                } = routed;
                 let stream = ChatStream {
                     first: Some(first),
                     rest,
-                    deployment: dep,
+                    deployment,
                     gateway: self.clone(),
                     include_usage,
-                    stream_timeout: None,
                     sleep: None,
                     log: Some((log, by.clone())),
                     usage: None,
                     done: false,
+                    _lease: lease,
                 };
                 Ok(Served { value: stream, by })
             }
@@ -336,59 +438,81 @@ impl Gateway {
     async fn chat_stream_inner(
         &self,
         ctx: &RequestContext,
-        req: ChatRequest,
+        mut req: ChatRequest,
         started: Instant,
-    ) -> Result<(ServedBy, ChatChunk, ChunkStream, Arc<Deployment>, bool), Error> {
+    ) -> Result<(ServedBy, Routed<(ChatChunk, ChunkStream)>, bool), Error> {
         self.authorize(ctx)?;
+        let overrides = take_overrides(&mut req.extra)?;
+        let requested_timeout = overrides.timeout;
         req.validate()?;
-        let (group, dep) = self.pick(&req.model)?;
+        self.require_group(&req.model)?;
         self.log_raw_request(ctx, &req);
         let include_usage = req.include_usage;
-        let timeout = dep
-            .config
-            .stream_timeout
-            .or(dep.config.timeout)
-            .unwrap_or(DEFAULT_TIMEOUT);
-        let (first, rest) = self
-            .bounded(ctx, timeout, async {
-                let mut s = dep.provider.chat_stream(&req).await?;
-                match s.next().await {
-                    Some(Ok(first)) => Ok((first, s)),
-                    Some(Err(e)) => Err(e),
-                    None => Err(crate::providers::http::stream_cut()),
-                }
+        let req = &req;
+        let routed = self
+            .inner
+            .router
+            .route(&req.model, &overrides, ctx.deadline, move |d| async move {
+                let timeout = requested_timeout
+                    .or(d.config.stream_timeout)
+                    .or(d.config.timeout)
+                    .unwrap_or(DEFAULT_TIMEOUT);
+                Self::bounded(ctx.deadline, timeout, async {
+                    let mut s = d.provider.chat_stream(req).await?;
+                    match s.next().await {
+                        Some(Ok(first)) => Ok((first, s)),
+                        Some(Err(e)) => Err(e),
+                        None => Err(crate::providers::http::stream_cut()),
+                    }
+                })
+                .await
             })
             .await?;
-        let by = self.served_by(group, &dep, started, 0.0);
-        Ok((by, first, rest, dep, include_usage))
+        let by = self.served_by(&routed, started, 0.0);
+        Ok((by, routed, include_usage))
     }
 
     pub async fn embed(
         &self,
         ctx: &RequestContext,
-        req: EmbeddingRequest,
+        mut req: EmbeddingRequest,
     ) -> Result<Served<EmbeddingResponse>, Error> {
         let started = Instant::now();
         let log = RequestLog::start(ctx, &req.model, started);
         let result = async {
             self.authorize(ctx)?;
+            let overrides = take_overrides(&mut req.extra)?;
+            let requested_timeout = overrides.timeout;
             req.validate()?;
-            let (group, dep) = self.pick(&req.model)?;
-            let timeout = dep.config.timeout.unwrap_or(DEFAULT_TIMEOUT);
-            let mut resp = self.bounded(ctx, timeout, dep.provider.embed(&req)).await?;
-            if resp.data.len() != req.input.len() {
-                return Err(Error::bad_gateway(format!(
-                    "the provider answered {} embeddings for {} inputs",
-                    resp.data.len(),
-                    req.input.len()
-                )));
-            }
-            resp.usage.cost_usd = self.inner.prices.token_cost(&dep.config, &resp.usage);
-            let cost = resp.usage.cost_usd;
-            Ok(Served {
-                value: resp,
-                by: self.served_by(group, &dep, started, cost),
-            })
+            self.require_group(&req.model)?;
+            let req = &req;
+            let routed = self
+                .inner
+                .router
+                .route(&req.model, &overrides, ctx.deadline, move |d| async move {
+                    let timeout = Self::call_timeout(&d, requested_timeout);
+                    let resp = Self::bounded(ctx.deadline, timeout, d.provider.embed(req)).await?;
+                    if resp.data.len() != req.input.len() {
+                        return Err(Error::bad_gateway(format!(
+                            "the provider answered {} embeddings for {} inputs",
+                            resp.data.len(),
+                            req.input.len()
+                        )));
+                    }
+                    Ok(resp)
+                })
+                .await?;
+            let mut by = self.served_by(&routed, started, 0.0);
+            let mut resp = routed.value;
+            resp.usage.cost_usd = self
+                .inner
+                .prices
+                .token_cost(&routed.deployment.config, &resp.usage);
+            by.cost_usd = resp.usage.cost_usd;
+            self.inner
+                .router
+                .add_tokens(&routed.deployment, u64::from(resp.usage.total_tokens));
+            Ok(Served { value: resp, by })
         }
         .await;
         match &result {
@@ -401,27 +525,33 @@ impl Gateway {
     pub async fn generate_image(
         &self,
         ctx: &RequestContext,
-        req: ImageRequest,
+        mut req: ImageRequest,
     ) -> Result<Served<ImageResponse>, Error> {
         let started = Instant::now();
         let log = RequestLog::start(ctx, &req.model, started);
         let result = async {
             self.authorize(ctx)?;
+            let overrides = take_overrides(&mut req.extra)?;
+            let requested_timeout = overrides.timeout;
             req.validate()?;
-            let (group, dep) = self.pick(&req.model)?;
-            let timeout = dep.config.timeout.unwrap_or(DEFAULT_TIMEOUT);
-            let mut resp = self
-                .bounded(ctx, timeout, dep.provider.generate_image(&req))
-                .await?;
-            resp.usage.cost_usd = self
+            self.require_group(&req.model)?;
+            let req = &req;
+            let routed = self
                 .inner
-                .prices
-                .image_cost(&dep.config, &req, resp.data.len());
-            let cost = resp.usage.cost_usd;
-            Ok(Served {
-                value: resp,
-                by: self.served_by(group, &dep, started, cost),
-            })
+                .router
+                .route(&req.model, &overrides, ctx.deadline, move |d| async move {
+                    let timeout = Self::call_timeout(&d, requested_timeout);
+                    Self::bounded(ctx.deadline, timeout, d.provider.generate_image(req)).await
+                })
+                .await?;
+            let mut by = self.served_by(&routed, started, 0.0);
+            let mut resp = routed.value;
+            resp.usage.cost_usd =
+                self.inner
+                    .prices
+                    .image_cost(&routed.deployment.config, req, resp.data.len());
+            by.cost_usd = resp.usage.cost_usd;
+            Ok(Served { value: resp, by })
         }
         .await;
         match &result {
@@ -511,11 +641,12 @@ pub struct ChatStream {
     deployment: Arc<Deployment>,
     gateway: Gateway,
     include_usage: bool,
-    stream_timeout: Option<Duration>,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     log: Option<(RequestLog, ServedBy)>,
     usage: Option<Usage>,
     done: bool,
+    /// Holds the deployment's limiter slot and in-flight count for the stream's life.
+    _lease: Lease,
 }
 
 impl std::fmt::Debug for ChatStream {
@@ -549,6 +680,12 @@ impl ChatStream {
 
     fn end(&mut self, err: Option<&Error>) {
         self.done = true;
+        if let Some(u) = &self.usage {
+            self.gateway
+                .inner
+                .router
+                .add_tokens(&self.deployment, u64::from(u.total_tokens));
+        }
         if let Some((log, by)) = self.log.take() {
             match err {
                 None => log.finish_ok(&by, self.usage.as_ref()),
@@ -576,14 +713,6 @@ impl Stream for ChatStream {
         {
             return Poll::Ready(Some(Ok(chunk)));
         }
-        if this.stream_timeout.is_none() {
-            this.stream_timeout = Some(
-                this.deployment
-                    .config
-                    .stream_timeout
-                    .unwrap_or(DEFAULT_TIMEOUT),
-            );
-        }
         loop {
             match this.rest.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
@@ -601,7 +730,11 @@ impl Stream for ChatStream {
                     return Poll::Ready(None);
                 }
                 Poll::Pending => {
-                    let wait = this.stream_timeout.unwrap_or(DEFAULT_TIMEOUT);
+                    let wait = this
+                        .deployment
+                        .config
+                        .stream_timeout
+                        .unwrap_or(DEFAULT_TIMEOUT);
                     let sleep = this
                         .sleep
                         .get_or_insert_with(|| Box::pin(tokio::time::sleep(wait)));

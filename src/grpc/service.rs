@@ -90,6 +90,19 @@ fn respond<T>(msg: T, request_id: &str, by: Option<&ServedBy>) -> Response<T> {
             by.attempted_fallbacks.to_string(),
         );
         put(md, "x-litellm-response-cost", by.cost_usd.to_string());
+        if let Some(base) = &by.api_base {
+            put(md, "x-litellm-model-api-base", base.clone());
+        }
+        put(
+            md,
+            "x-litellm-response-duration-ms",
+            format!("{:.3}", by.started.elapsed().as_secs_f64() * 1000.0),
+        );
+        put(
+            md,
+            "x-litellm-overhead-duration-ms",
+            format!("{:.3}", by.overhead().as_secs_f64() * 1000.0),
+        );
     }
     resp
 }

@@ -178,9 +178,17 @@ pub async fn liveliness() -> Json<&'static str> {
 }
 
 pub async fn readiness(State(gw): State<Gateway>) -> Json<serde_json::Value> {
+    let cooling: Vec<serde_json::Value> = gw
+        .cooldowns()
+        .into_iter()
+        .map(|(group, id, left)| {
+            serde_json::json!({"model_group": group, "model_id": id, "cooldown_remaining_s": left.as_secs_f64()})
+        })
+        .collect();
     Json(serde_json::json!({
-        "status": "healthy",
+        "status": if cooling.is_empty() { "healthy" } else { "degraded" },
         "models": gw.model_count(),
+        "deployments_in_cooldown": cooling,
         "version": env!("CARGO_PKG_VERSION"),
     }))
 }

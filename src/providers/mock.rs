@@ -31,6 +31,14 @@ impl MockProvider {
         }
     }
 
+    #[cfg(test)]
+    pub fn for_tests() -> Self {
+        MockProvider {
+            model: "m".into(),
+            text: "ok".into(),
+        }
+    }
+
     fn usage(&self, req: &ChatRequest) -> Usage {
         Usage::new(prompt_tokens(req), approx_tokens(&self.text))
     }

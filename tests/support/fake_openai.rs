@@ -52,6 +52,9 @@ struct Shared {
     stream_dropped: AtomicBool,
     dropped: Notify,
     hits: AtomicUsize,
+    /// Fail this many of the next requests with `fail_status`, then behave.
+    fail_next: AtomicUsize,
+    fail_status: AtomicUsize,
 }
 
 #[derive(Clone)]
@@ -80,6 +83,14 @@ impl FakeOpenAi {
 
     pub fn set(&self, b: Behavior) {
         *self.shared.behavior.lock() = Some(b);
+    }
+
+    /// Fails the next `n` requests with `status` (OpenAI's error body), then behaves.
+    pub fn fail_next(&self, n: usize, status: u16) {
+        self.shared
+            .fail_status
+            .store(status as usize, Ordering::SeqCst);
+        self.shared.fail_next.store(n, Ordering::SeqCst);
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -199,6 +210,19 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
     }
     let behavior =
         record(&shared, "/v1/chat/completions", &headers, &v).unwrap_or(Behavior::Normal);
+    let failing = shared
+        .fail_next
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if failing {
+        let status = shared.fail_status.load(Ordering::SeqCst) as u16;
+        return error(
+            status,
+            &format!("fake failure {status}"),
+            "server_error",
+            "fake",
+        );
+    }
     let model = v["model"].as_str().unwrap_or_default().to_string();
     let stream = v.get("stream") == Some(&Value::Bool(true));
     if stream && v.pointer("/stream_options/include_usage") != Some(&Value::Bool(true)) {
@@ -212,12 +236,13 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
     }
     match behavior {
         Behavior::Status(code, body) => {
-            return Response::builder()
+            let mut r = Response::builder()
                 .status(code)
-                .header("content-type", "application/json")
-                .header("retry-after", "3")
-                .body(Body::from(body))
-                .unwrap();
+                .header("content-type", "application/json");
+            if code == 429 {
+                r = r.header("retry-after", "3");
+            }
+            return r.body(Body::from(body)).unwrap();
         }
         Behavior::Garbage => return (StatusCode::OK, "<html>surprise</html>").into_response(),
         Behavior::Delay(d) => tokio::time::sleep(d).await,

@@ -9,7 +9,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use ai_api::config::load_str;
+use ai_api::core::router::{Clock, SystemClock};
 use ai_api::server::{ServeOptions, serve};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -71,6 +74,16 @@ pub async fn start(yaml: &str, env: &[(&str, &str)]) -> TestGateway {
 }
 
 pub async fn start_at(yaml: &str, env: &[(&str, &str)], root: &str) -> TestGateway {
+    start_with(yaml, env, root, Arc::new(SystemClock)).await
+}
+
+/// Starts the gateway with the router reading time from `clock`.
+pub async fn start_with(
+    yaml: &str,
+    env: &[(&str, &str)],
+    root: &str,
+    clock: Arc<dyn Clock>,
+) -> TestGateway {
     let env: HashMap<String, String> = env
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -82,10 +95,8 @@ pub async fn start_at(yaml: &str, env: &[(&str, &str)], root: &str) -> TestGatew
     let http_addr = http.local_addr().unwrap();
     let grpc_addr = grpc.local_addr().unwrap();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let opts = ServeOptions {
-        root_path: root.to_string(),
-        grace: Duration::from_secs(5),
-    };
+    let mut opts = ServeOptions::new(root, Duration::from_secs(5));
+    opts.clock = clock;
     let config = loaded.config;
     let task = tokio::spawn(async move {
         serve(&config, http, grpc, opts, async {
