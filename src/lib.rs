@@ -23,6 +23,7 @@ pub mod config;
 pub mod core;
 pub mod grpc;
 pub mod http;
+pub mod metrics;
 pub mod openai;
 pub mod providers;
 pub mod server;

@@ -588,3 +588,41 @@ async fn shutdown_lets_an_in_flight_stream_finish() {
     assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn metrics_count_requests_tokens_and_cost_with_bounded_labels() {
+    let (_fake, gw) = setup("").await;
+    assert_eq!(
+        post(&gw, "/v1/chat/completions", &chat_body(false))
+            .await
+            .status(),
+        200
+    );
+    let mut missing = chat_body(false);
+    missing["model"] = json!("no-such-model-with-a-long-name");
+    assert_eq!(
+        post(&gw, "/v1/chat/completions", &missing).await.status(),
+        404
+    );
+    let resp = client().get(gw.url("/metrics")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(
+        text.contains(r#"ai_api_requests_total{door="http",model_group="gpt-4o-mini",deployment="gpt-4o-mini-0",status="200"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"ai_api_tokens_total{model_group="gpt-4o-mini",direction="in"} 12"#),
+        "{text}"
+    );
+    assert!(text.contains("ai_api_spend_usd_total"), "{text}");
+    assert!(
+        text.contains("ai_api_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("no-such-model-with-a-long-name"),
+        "client input leaked into labels"
+    );
+    assert!(text.contains(r#"model_group="unknown""#));
+}

@@ -5,6 +5,7 @@
 pub mod cost;
 pub mod error;
 pub mod limiter;
+pub mod record;
 pub mod router;
 pub mod types;
 
@@ -19,10 +20,12 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::config::{Config, Secret};
+use crate::metrics::Metrics;
 use crate::providers::{ChunkStream, Provider};
 use cost::PriceTable;
 use error::{Error, ErrorKind};
 use limiter::MemoryLimiter;
+use record::RequestRecord;
 use router::{Clock, Deployment, Lease, RouteOverrides, Routed, Router, SystemClock};
 use types::{
     ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, ImageRequest,
@@ -126,6 +129,8 @@ struct Inner {
     master_key: Option<Secret>,
     log_raw: bool,
     prices: PriceTable,
+    metrics: Arc<Metrics>,
+    require_auth_for_metrics: bool,
 }
 
 /// The gateway core. Cheap to clone.
@@ -207,11 +212,13 @@ impl Gateway {
             let provider = Provider::new(d, client.clone(), config.log_raw_request_response);
             deployments.push(Arc::new(Deployment::new(d.clone(), provider, i)));
         }
+        let metrics = Arc::new(Metrics::new());
         let router = Router::new(
             config.router.clone(),
             deployments,
             Arc::new(MemoryLimiter::new()),
             clock,
+            metrics.clone(),
         );
         Ok(Gateway {
             inner: Arc::new(Inner {
@@ -220,8 +227,24 @@ impl Gateway {
                 master_key: config.master_key.clone(),
                 log_raw: config.log_raw_request_response,
                 prices: PriceTable::builtin(),
+                metrics,
+                require_auth_for_metrics: config.require_auth_for_metrics,
             }),
         })
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// The metrics in Prometheus' text format; behind the key only with
+    /// `require_auth_for_metrics_endpoint: true`.
+    pub fn metrics_text(&self, ctx: &RequestContext) -> Result<String, Error> {
+        if self.inner.require_auth_for_metrics {
+            self.authorize(ctx)?;
+        }
+        Ok(self.inner.metrics.encode())
     }
 
     /// How many model groups are served.
@@ -340,7 +363,7 @@ impl Gateway {
         req: ChatRequest,
     ) -> Result<Served<ChatResponse>, Error> {
         let started = Instant::now();
-        let log = RequestLog::start(ctx, &req.model, started);
+        let log = RequestRecord::start(ctx, &req.model, started, &self.inner.metrics);
         let result = self.chat_inner(ctx, req, started).await;
         match &result {
             Ok(s) => log.finish_ok(&s.by, s.value.usage.as_ref()),
@@ -404,9 +427,10 @@ impl Gateway {
         req: ChatRequest,
     ) -> Result<Served<ChatStream>, Error> {
         let started = Instant::now();
-        let log = RequestLog::start(ctx, &req.model, started);
+        let mut log = RequestRecord::start(ctx, &req.model, started, &self.inner.metrics);
         match self.chat_stream_inner(ctx, req, started).await {
             Ok((by, routed, include_usage)) => {
+                log.first_token(&by);
                 let Routed {
                     value: (first, rest),
                     deployment,
@@ -478,7 +502,7 @@ impl Gateway {
         mut req: EmbeddingRequest,
     ) -> Result<Served<EmbeddingResponse>, Error> {
         let started = Instant::now();
-        let log = RequestLog::start(ctx, &req.model, started);
+        let log = RequestRecord::start(ctx, &req.model, started, &self.inner.metrics);
         let result = async {
             self.authorize(ctx)?;
             let overrides = take_overrides(&mut req.extra)?;
@@ -528,7 +552,7 @@ impl Gateway {
         mut req: ImageRequest,
     ) -> Result<Served<ImageResponse>, Error> {
         let started = Instant::now();
-        let log = RequestLog::start(ctx, &req.model, started);
+        let log = RequestRecord::start(ctx, &req.model, started, &self.inner.metrics);
         let result = async {
             self.authorize(ctx)?;
             let overrides = take_overrides(&mut req.extra)?;
@@ -576,62 +600,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The one structured log line of a request, written when it ends (for streams: when the
-/// stream ends or the client goes away).
-#[derive(Debug)]
-struct RequestLog {
-    request_id: String,
-    door: Door,
-    model: String,
-    started: Instant,
-}
-
-impl RequestLog {
-    fn start(ctx: &RequestContext, model: &str, started: Instant) -> Self {
-        RequestLog {
-            request_id: ctx.request_id.clone(),
-            door: ctx.door,
-            model: model.to_string(),
-            started,
-        }
-    }
-
-    fn finish_ok(&self, by: &ServedBy, usage: Option<&Usage>) {
-        let u = usage.copied().unwrap_or_default();
-        tracing::info!(
-            target: "ai_api::request",
-            request_id = %self.request_id,
-            door = self.door.as_str(),
-            model = %self.model,
-            deployment = %by.deployment_id,
-            status = 200u16,
-            latency_ms = self.started.elapsed().as_millis() as u64,
-            prompt_tokens = u.prompt_tokens,
-            completion_tokens = u.completion_tokens,
-            cost_usd = u.cost_usd,
-            "request served"
-        );
-    }
-
-    fn finish_err(&self, e: &Error) {
-        self.finish_err_at(e, None);
-    }
-
-    fn finish_err_at(&self, e: &Error, deployment: Option<&str>) {
-        tracing::info!(
-            target: "ai_api::request",
-            request_id = %self.request_id,
-            door = self.door.as_str(),
-            model = %self.model,
-            deployment = deployment.unwrap_or(""),
-            status = e.http_status().as_u16(),
-            latency_ms = self.started.elapsed().as_millis() as u64,
-            error = %e.message,
-            "request failed"
-        );
-    }
-}
-
 /// A chat stream as the doors see it: chunks with cost filled in, the usage chunk only when the
 /// client asked for it, the deployment's `stream_timeout` between chunks, and the request's log
 /// line when it ends. Dropping it drops the upstream body, which closes that connection.
@@ -642,7 +610,7 @@ pub struct ChatStream {
     gateway: Gateway,
     include_usage: bool,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
-    log: Option<(RequestLog, ServedBy)>,
+    log: Option<(RequestRecord, ServedBy)>,
     usage: Option<Usage>,
     done: bool,
     /// Holds the deployment's limiter slot and in-flight count for the stream's life.
@@ -689,7 +657,7 @@ impl ChatStream {
         if let Some((log, by)) = self.log.take() {
             match err {
                 None => log.finish_ok(&by, self.usage.as_ref()),
-                Some(e) => log.finish_err_at(e, Some(&by.deployment_id)),
+                Some(e) => log.finish_err_at(e, Some(&by)),
             }
         }
     }

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use super::error::{Error, ErrorKind};
 use super::limiter::{Limited, Limits, RateLimiter, Slot};
 use crate::config::{DeploymentConfig, RouterSettings, RoutingStrategy};
+use crate::metrics::{DeploymentLabels, Metrics};
 use crate::providers::Provider;
 
 /// The router's source of "now" for cooldowns and limits.
@@ -232,6 +233,7 @@ pub struct Router {
     groups: HashMap<String, Group>,
     limiter: Arc<dyn RateLimiter>,
     clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
 }
 
 impl Router {
@@ -240,6 +242,7 @@ impl Router {
         deployments: Vec<Arc<Deployment>>,
         limiter: Arc<dyn RateLimiter>,
         clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let mut groups: HashMap<String, Group> = HashMap::new();
         for d in deployments {
@@ -257,6 +260,7 @@ impl Router {
             groups,
             limiter,
             clock,
+            metrics,
         }
     }
 
@@ -564,6 +568,13 @@ impl Router {
                             .any(|o| o.index != d.index && o.cooling_until(now).is_none());
                         let may_cool = others_healthy || self.has_fallback(name);
                         if d.record_failure(now, &self.settings, may_cool) {
+                            self.metrics
+                                .cooldowns
+                                .get_or_create(&DeploymentLabels {
+                                    model_group: name.to_string(),
+                                    deployment: d.config.id.clone(),
+                                })
+                                .inc();
                             tracing::warn!(
                                 deployment = %d.config.id,
                                 cooldown_s = self.settings.cooldown_time.as_secs_f64(),

@@ -193,6 +193,18 @@ pub async fn readiness(State(gw): State<Gateway>) -> Json<serde_json::Value> {
     }))
 }
 
+pub async fn metrics(State(gw): State<Gateway>, headers: HeaderMap) -> Result<Response, HttpError> {
+    let text = gw.metrics_text(&context(&headers))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
 pub async fn not_found(uri: axum::http::Uri) -> HttpError {
     HttpError(Error::not_found(format!("no route for {}", uri.path())).with_code("route_not_found"))
 }

@@ -48,6 +48,7 @@ pub fn router(gateway: Gateway, opts: &HttpOptions) -> Router {
         .route("/health/liveliness", get(h::liveliness))
         .route("/health/liveness", get(h::liveliness))
         .route("/health/readiness", get(h::readiness))
+        .route("/metrics", get(h::metrics))
         .with_state(gateway);
     let root = normalize_root(&opts.root_path);
     let app = if root.is_empty() {
