@@ -8,6 +8,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }
+    // The SQL migrations are embedded by `sqlx::migrate!`.
+    println!("cargo:rerun-if-changed=migrations");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     let descriptors = protox::compile(protos, ["proto"])?;
     std::fs::write(

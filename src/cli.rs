@@ -103,6 +103,7 @@ fn load(cli: &Cli) -> Result<Loaded, config::ConfigError> {
 }
 
 async fn run_server(cli: Cli) -> ExitCode {
+    let shutdown = shutdown_signal();
     let loaded = match load(&cli) {
         Ok(l) => l,
         Err(e) => {
@@ -149,8 +150,17 @@ async fn run_server(cli: Cli) -> ExitCode {
         models = config.model_names().len(),
         "ai-api listening"
     );
-    let opts = ServeOptions::new(root_path, SHUTDOWN_GRACE);
-    match serve(&config, http, grpc, opts, shutdown_signal()).await {
+    let mut opts = ServeOptions::new(root_path, SHUTDOWN_GRACE);
+    opts.database_url = std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .or_else(|| config.database_url.clone());
+    if let Ok(dir) = std::env::var("AI_API_DATA_DIR")
+        && !dir.trim().is_empty()
+    {
+        opts.data_dir = dir.into();
+    }
+    match serve(&config, http, grpc, opts, shutdown).await {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS
@@ -162,26 +172,32 @@ async fn run_server(cli: Cli) -> ExitCode {
     }
 }
 
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+/// Completes on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed when this is called (not
+/// when first polled), so a signal that arrives during startup is not lost.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    #[cfg(unix)]
+    let int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+    async move {
+        #[cfg(unix)]
+        {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = wait(term) => {}
+                () = wait(int) => {}
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -27,4 +27,5 @@ pub mod metrics;
 pub mod openai;
 pub mod providers;
 pub mod server;
+pub mod store;
 pub mod telemetry;

@@ -3,6 +3,7 @@
 //! and streams finish within the grace period, then returns.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,9 +11,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::core::Gateway;
 use crate::core::router::{Clock, SystemClock};
+use crate::core::{Deps, Gateway};
 use crate::http::{HttpOptions, router};
+use crate::store::{SpendWriter, SpendWriterOptions, Store};
 
 /// How the server runs, beside its config.
 #[derive(Debug, Clone)]
@@ -23,6 +25,10 @@ pub struct ServeOptions {
     pub grace: Duration,
     /// The router's clock (tests pass a manual one).
     pub clock: Arc<dyn Clock>,
+    /// `postgres://...` for PostgreSQL; otherwise SQLite at `data_dir/ai-api.db`.
+    pub database_url: Option<String>,
+    /// Where the SQLite database lives (`AI_API_DATA_DIR`, default `./data`).
+    pub data_dir: PathBuf,
 }
 
 impl ServeOptions {
@@ -31,9 +37,14 @@ impl ServeOptions {
             root_path: root_path.into(),
             grace,
             clock: Arc::new(SystemClock),
+            database_url: None,
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
         }
     }
 }
+
+/// The default data directory.
+pub const DEFAULT_DATA_DIR: &str = "./data";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -58,7 +69,25 @@ pub async fn serve(
     opts: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let gateway = Gateway::with_clock(config, opts.clock.clone())
+    let store = Store::open(opts.database_url.as_deref(), &opts.data_dir)
+        .await
+        .map_err(|e| ServeError::Start(format!("cannot open the database: {e}")))?;
+    tracing::info!(backend = ?store.backend(), "database ready");
+    let (spend, spend_task) = SpendWriter::start(
+        store.clone(),
+        SpendWriterOptions {
+            disable_spend_logs: config.disable_spend_logs,
+            disable_error_logs: config.disable_error_logs,
+            ..SpendWriterOptions::default()
+        },
+    );
+    let deps = Deps {
+        clock: Some(opts.clock.clone()),
+        store: Some(store.clone()),
+        spend: Some(spend.clone()),
+    };
+    let gateway = Gateway::start(config, deps)
+        .await
         .map_err(|e| ServeError::Start(e.message))?;
     let app = router(
         gateway.clone(),
@@ -101,11 +130,19 @@ pub async fn serve(
         h.and(g)
     })
     .await;
-    match drained {
+    let result = match drained {
         Ok(r) => r,
         Err(_) => {
             tracing::warn!("grace period over: cutting the requests still running");
             Ok(())
         }
+    };
+    // Every finished request's spend record is written before we exit.
+    match spend.flush_and_close().await {
+        Ok(()) => tracing::info!(written = spend.written(), "spend records flushed"),
+        Err(e) => tracing::error!("spend records not all written at shutdown: {e}"),
     }
+    let _ = spend_task.await;
+    store.close().await;
+    result
 }

@@ -105,7 +105,9 @@ fn the_demo_config_checks_ok() {
 #[test]
 fn the_server_exits_0_on_sigterm() {
     let ports = [free_port(), free_port()];
+    let data = tempfile::tempdir().unwrap();
     let mut child = ai_api()
+        .env("AI_API_DATA_DIR", data.path())
         .args(["--config", "config/demo.yaml", "--host", "127.0.0.1"])
         .args([
             "--port",

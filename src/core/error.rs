@@ -21,6 +21,8 @@ pub enum ErrorKind {
     PayloadTooLarge,
     /// Rate limited (ours or the provider's).
     RateLimited,
+    /// The key has spent its budget (LiteLLM answers 400 `budget_exceeded`).
+    BudgetExceeded,
     /// A deployment is misconfigured (e.g. its key variable is unset).
     Config,
     /// A bug in the gateway.
@@ -52,6 +54,7 @@ impl ErrorKind {
                 StatusCode::TOO_MANY_REQUESTS,
                 tonic::Code::ResourceExhausted,
             ),
+            ErrorKind::BudgetExceeded => (StatusCode::BAD_REQUEST, tonic::Code::ResourceExhausted),
             ErrorKind::Config => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 tonic::Code::FailedPrecondition,
@@ -80,6 +83,7 @@ impl ErrorKind {
             ErrorKind::PermissionDenied => "permission_error",
             ErrorKind::NotFound => "not_found_error",
             ErrorKind::RateLimited => "rate_limit_error",
+            ErrorKind::BudgetExceeded => "budget_exceeded",
             ErrorKind::Config | ErrorKind::Internal => "internal_error",
             ErrorKind::BadGateway | ErrorKind::Unavailable | ErrorKind::Cancelled => "api_error",
             ErrorKind::Timeout => "timeout_error",
@@ -105,6 +109,7 @@ impl ErrorKind {
             | ErrorKind::NotFound
             | ErrorKind::PayloadTooLarge
             | ErrorKind::RateLimited
+            | ErrorKind::BudgetExceeded
             | ErrorKind::Config
             | ErrorKind::Internal
             | ErrorKind::Cancelled => false,
@@ -233,6 +238,11 @@ mod tests {
                 tonic::Code::InvalidArgument,
             ),
             (ErrorKind::RateLimited, 429, tonic::Code::ResourceExhausted),
+            (
+                ErrorKind::BudgetExceeded,
+                400,
+                tonic::Code::ResourceExhausted,
+            ),
             (ErrorKind::Config, 500, tonic::Code::FailedPrecondition),
             (ErrorKind::Internal, 500, tonic::Code::Internal),
             (ErrorKind::BadGateway, 502, tonic::Code::Unavailable),

@@ -2,6 +2,8 @@
 //! choice, timeouts and the client's deadline, cost, and the one log line per request. It knows
 //! no wire format: doors convert to [`types`] and back.
 
+pub mod admin;
+pub mod auth;
 pub mod cost;
 pub mod error;
 pub mod limiter;
@@ -19,9 +21,11 @@ use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::config::{Config, Secret};
+use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::providers::{ChunkStream, Provider};
+use crate::store::{SpendWriter, Store};
+use auth::{Auth, Principal};
 use cost::PriceTable;
 use error::{Error, ErrorKind};
 use limiter::MemoryLimiter;
@@ -80,6 +84,8 @@ pub struct RequestContext {
     pub api_key: Option<String>,
     /// The client's deadline (gRPC `grpc-timeout`).
     pub deadline: Option<Instant>,
+    /// Who the caller is, once [`Gateway::authorize`] has said.
+    pub principal: Option<Principal>,
 }
 
 impl RequestContext {
@@ -89,8 +95,35 @@ impl RequestContext {
             door,
             api_key,
             deadline: None,
+            principal: None,
         }
     }
+}
+
+/// What the gateway needs besides its config.
+#[derive(Debug, Default)]
+pub struct Deps {
+    /// The router's clock (default: real time).
+    pub clock: Option<Arc<dyn Clock>>,
+    /// Keys and spend storage.
+    pub store: Option<Store>,
+    /// Where spend records go.
+    pub spend: Option<SpendWriter>,
+}
+
+/// A request admitted for its caller: held until the request (or stream) ends.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    pub(crate) principal: Principal,
+    /// Held for its `Drop`: the key's in-flight count for the budget projection.
+    _reservation: Option<auth::Reservation>,
+    /// Held for its `Drop`: the key's rate-limiter slot.
+    _slot: Option<limiter::Slot>,
+}
+
+/// The limiter subject of a key.
+fn key_subject(token_hash: &str) -> String {
+    format!("key:{token_hash}")
 }
 
 /// Where an answer came from: what the doors put in response headers / metadata.
@@ -106,6 +139,8 @@ pub struct ServedBy {
     pub started: Instant,
     /// Time spent waiting on providers up to the answer (or the first chunk).
     pub upstream: Duration,
+    /// The provider's model name.
+    pub provider_model: String,
 }
 
 impl ServedBy {
@@ -126,7 +161,8 @@ pub struct Served<T> {
 struct Inner {
     router: Router,
     models: Vec<ModelInfo>,
-    master_key: Option<Secret>,
+    auth: Auth,
+    spend: Option<SpendWriter>,
     log_raw: bool,
     prices: PriceTable,
     metrics: Arc<Metrics>,
@@ -185,12 +221,17 @@ fn take_overrides(extra: &mut BTreeMap<String, Value>) -> Result<RouteOverrides,
 }
 
 impl Gateway {
-    pub fn new(config: &Config) -> Result<Self, Error> {
-        Self::with_clock(config, Arc::new(SystemClock))
+    /// A gateway with no store (no generated keys, no spend records) on real time.
+    pub async fn new(config: &Config) -> Result<Self, Error> {
+        Self::start(config, Deps::default()).await
     }
 
-    /// A gateway whose router reads time from `clock` (tests move it by hand).
-    pub fn with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Self, Error> {
+    /// Builds the gateway: providers, router, and the key cache loaded from the store.
+    pub async fn start(config: &Config, deps: Deps) -> Result<Self, Error> {
+        let clock = deps.clock.clone().unwrap_or_else(|| Arc::new(SystemClock));
+        let auth = Auth::load(config.master_key.clone(), deps.store.clone())
+            .await
+            .map_err(|e| Error::internal(format!("cannot load the keys from the database: {e}")))?;
         let client = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
@@ -224,7 +265,8 @@ impl Gateway {
             inner: Arc::new(Inner {
                 router,
                 models,
-                master_key: config.master_key.clone(),
+                auth,
+                spend: deps.spend,
                 log_raw: config.log_raw_request_response,
                 prices: PriceTable::builtin(),
                 metrics,
@@ -244,6 +286,10 @@ impl Gateway {
         if self.inner.require_auth_for_metrics {
             self.authorize(ctx)?;
         }
+        if let Some(w) = &self.inner.spend {
+            self.inner.metrics.spend_pending.set(w.pending() as i64);
+            self.inner.metrics.spend_dropped.set(w.dropped() as i64);
+        }
         Ok(self.inner.metrics.encode())
     }
 
@@ -259,22 +305,64 @@ impl Gateway {
 
     /// Whether a master key guards the gateway.
     pub fn auth_required(&self) -> bool {
-        self.inner.master_key.is_some()
+        self.inner.auth.master_configured()
     }
 
-    /// Checks the client's key. Without a configured master key everything is open.
-    pub fn authorize(&self, ctx: &RequestContext) -> Result<(), Error> {
-        let Some(master) = &self.inner.master_key else {
-            return Ok(());
-        };
-        match ctx.api_key.as_deref() {
-            None | Some("") => Err(Error::unauthenticated(
-                "no API key: send it as \"Authorization: Bearer <key>\"",
-            )
-            .with_code("missing_api_key")),
-            Some(k) if constant_time_eq(k.as_bytes(), master.expose().as_bytes()) => Ok(()),
-            Some(_) => Err(Error::unauthenticated("invalid API key").with_code("invalid_api_key")),
+    /// Who the client is (the master key, a generated key, or anyone when no master key is
+    /// configured). Doors call it first, so a bad key is a 401 before a bad body is a 400;
+    /// they keep the answer in `ctx.principal` so it is not checked twice.
+    pub fn authorize(&self, ctx: &RequestContext) -> Result<Principal, Error> {
+        match &ctx.principal {
+            Some(p) => Ok(p.clone()),
+            None => self
+                .inner
+                .auth
+                .authenticate(ctx.api_key.as_deref(), self.inner.router.clock().wall()),
         }
+    }
+
+    /// Admits a request of `principal` to `model`: the key's model list (403), budget (400
+    /// `budget_exceeded`) and rate limits (429). Held for the request's life.
+    fn admit(&self, principal: Principal, model: &str) -> Result<Admission, Error> {
+        let Principal::Key(key) = &principal else {
+            return Ok(Admission {
+                principal,
+                _reservation: None,
+                _slot: None,
+            });
+        };
+        let reservation = key.admit(model, self.inner.router.clock().wall())?;
+        let limits = limiter::Limits {
+            rpm: key.record.rpm_limit,
+            tpm: key.record.tpm_limit,
+            max_parallel: key
+                .record
+                .max_parallel_requests
+                .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+        };
+        let now = self.inner.router.clock().now();
+        let slot = self
+            .inner
+            .router
+            .limiter()
+            .admit(&key_subject(&key.record.token_hash), &limits, now)
+            .map_err(|l| {
+                Error::new(
+                    ErrorKind::RateLimited,
+                    format!(
+                        "this key is over its {} limit; retry in {}s",
+                        l.what,
+                        l.retry_after.as_secs_f64().ceil()
+                    ),
+                )
+                .with_code("key_rate_limited")
+                .with_retry_after(Some(l.retry_after))
+            })?;
+        Ok(Admission {
+            principal,
+            _reservation: Some(reservation),
+            _slot: Some(slot),
+        })
     }
 
     /// The model groups, in config order.
@@ -322,6 +410,7 @@ impl Gateway {
             attempted_fallbacks: r.attempted_fallbacks,
             started,
             upstream: r.upstream,
+            provider_model: r.deployment.config.upstream_model.clone(),
         }
     }
 
@@ -363,13 +452,37 @@ impl Gateway {
         req: ChatRequest,
     ) -> Result<Served<ChatResponse>, Error> {
         let started = Instant::now();
-        let log = RequestRecord::start(ctx, &req.model, started, &self.inner.metrics);
-        let result = self.chat_inner(ctx, req, started).await;
+        let mut record = RequestRecord::start(ctx, &req.model, started, self);
+        let result = self.chat_inner(ctx, req, started, &mut record).await;
         match &result {
-            Ok(s) => log.finish_ok(&s.by, s.value.usage.as_ref()),
-            Err(e) => log.finish_err(e),
+            Ok(s) => record.finish_ok(&s.by, s.value.usage.as_ref()),
+            Err(e) => record.finish_err(e),
         }
         result
+    }
+
+    /// Auth first (401 before 400), then the gateway's own parameters, then the shape.
+    fn open_call(
+        &self,
+        ctx: &RequestContext,
+        extra: &mut BTreeMap<String, Value>,
+    ) -> Result<(Principal, RouteOverrides), Error> {
+        let principal = self.authorize(ctx)?;
+        let overrides = take_overrides(extra)?;
+        Ok((principal, overrides))
+    }
+
+    /// The model group exists and the caller may use it now; the admission stays with the
+    /// request's record until it ends.
+    fn admit_to(
+        &self,
+        principal: Principal,
+        model: &str,
+        record: &mut RequestRecord,
+    ) -> Result<(), Error> {
+        self.require_group(model)?;
+        record.admit(self.admit(principal, model)?);
+        Ok(())
     }
 
     async fn chat_inner(
@@ -377,12 +490,12 @@ impl Gateway {
         ctx: &RequestContext,
         mut req: ChatRequest,
         started: Instant,
+        record: &mut RequestRecord,
     ) -> Result<Served<ChatResponse>, Error> {
-        self.authorize(ctx)?;
-        let overrides = take_overrides(&mut req.extra)?;
+        let (principal, overrides) = self.open_call(ctx, &mut req.extra)?;
         let requested_timeout = overrides.timeout;
         req.validate()?;
-        self.require_group(&req.model)?;
+        self.admit_to(principal, &req.model, record)?;
         self.log_raw_request(ctx, &req);
         let req = &req;
         let routed = self
@@ -414,6 +527,7 @@ impl Gateway {
             attempted_fallbacks: routed.attempted_fallbacks,
             started,
             upstream: routed.upstream,
+            provider_model: routed.deployment.config.upstream_model.clone(),
         };
         Ok(Served { value: resp, by })
     }
@@ -427,8 +541,8 @@ impl Gateway {
         req: ChatRequest,
     ) -> Result<Served<ChatStream>, Error> {
         let started = Instant::now();
-        let mut log = RequestRecord::start(ctx, &req.model, started, &self.inner.metrics);
-        match self.chat_stream_inner(ctx, req, started).await {
+        let mut log = RequestRecord::start(ctx, &req.model, started, self);
+        match self.chat_stream_inner(ctx, req, started, &mut log).await {
             Ok((by, routed, include_usage)) => {
                 log.first_token(&by);
                 let Routed {
@@ -464,12 +578,12 @@ impl Gateway {
         ctx: &RequestContext,
         mut req: ChatRequest,
         started: Instant,
+        record: &mut RequestRecord,
     ) -> Result<(ServedBy, Routed<(ChatChunk, ChunkStream)>, bool), Error> {
-        self.authorize(ctx)?;
-        let overrides = take_overrides(&mut req.extra)?;
+        let (principal, overrides) = self.open_call(ctx, &mut req.extra)?;
         let requested_timeout = overrides.timeout;
         req.validate()?;
-        self.require_group(&req.model)?;
+        self.admit_to(principal, &req.model, record)?;
         self.log_raw_request(ctx, &req);
         let include_usage = req.include_usage;
         let req = &req;
@@ -502,13 +616,12 @@ impl Gateway {
         mut req: EmbeddingRequest,
     ) -> Result<Served<EmbeddingResponse>, Error> {
         let started = Instant::now();
-        let log = RequestRecord::start(ctx, &req.model, started, &self.inner.metrics);
+        let mut record = RequestRecord::start(ctx, &req.model, started, self);
         let result = async {
-            self.authorize(ctx)?;
-            let overrides = take_overrides(&mut req.extra)?;
+            let (principal, overrides) = self.open_call(ctx, &mut req.extra)?;
             let requested_timeout = overrides.timeout;
             req.validate()?;
-            self.require_group(&req.model)?;
+            self.admit_to(principal, &req.model, &mut record)?;
             let req = &req;
             let routed = self
                 .inner
@@ -540,8 +653,8 @@ impl Gateway {
         }
         .await;
         match &result {
-            Ok(s) => log.finish_ok(&s.by, Some(&s.value.usage)),
-            Err(e) => log.finish_err(e),
+            Ok(s) => record.finish_ok(&s.by, Some(&s.value.usage)),
+            Err(e) => record.finish_err(e),
         }
         result
     }
@@ -552,13 +665,12 @@ impl Gateway {
         mut req: ImageRequest,
     ) -> Result<Served<ImageResponse>, Error> {
         let started = Instant::now();
-        let log = RequestRecord::start(ctx, &req.model, started, &self.inner.metrics);
+        let mut record = RequestRecord::start(ctx, &req.model, started, self);
         let result = async {
-            self.authorize(ctx)?;
-            let overrides = take_overrides(&mut req.extra)?;
+            let (principal, overrides) = self.open_call(ctx, &mut req.extra)?;
             let requested_timeout = overrides.timeout;
             req.validate()?;
-            self.require_group(&req.model)?;
+            self.admit_to(principal, &req.model, &mut record)?;
             let req = &req;
             let routed = self
                 .inner
@@ -579,8 +691,8 @@ impl Gateway {
         }
         .await;
         match &result {
-            Ok(s) => log.finish_ok(&s.by, Some(&s.value.usage)),
-            Err(e) => log.finish_err(e),
+            Ok(s) => record.finish_ok(&s.by, Some(&s.value.usage)),
+            Err(e) => record.finish_err(e),
         }
         result
     }
@@ -590,14 +702,6 @@ impl Gateway {
             tracing::info!(target: "ai_api::raw", request_id = %ctx.request_id, request = ?req, "request");
         }
     }
-}
-
-/// Compares keys without an early exit on the first differing byte.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A chat stream as the doors see it: chunks with cost filled in, the usage chunk only when the
@@ -728,17 +832,5 @@ impl Drop for ChatStream {
             let e = Error::new(ErrorKind::Cancelled, "the client went away mid-stream");
             self.end(Some(&e));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn key_comparison_is_exact() {
-        assert!(constant_time_eq(b"sk-1", b"sk-1"));
-        assert!(!constant_time_eq(b"sk-1", b"sk-2"));
-        assert!(!constant_time_eq(b"sk-1", b"sk-12"));
     }
 }

@@ -1,15 +1,18 @@
 //! The one record of each request, written when it ends (for streams: when the stream ends or
-//! the client goes away): the structured log line and the metrics. Both doors get it from the
-//! core, so they can never count differently.
+//! the client goes away): the structured log line, the metrics, the charge to the caller's key
+//! and the spend record (handed to the spend writer, off the request path). Both doors get it
+//! from the core, so they can never count differently.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use tokio::time::Instant;
 
 use super::error::{Error, ErrorKind};
 use super::types::Usage;
-use super::{Door, RequestContext, ServedBy};
+use super::{Admission, Door, Gateway, RequestContext, ServedBy, key_subject};
 use crate::metrics::{CostLabels, GroupLabels, Metrics, RequestLabels, TokenLabels};
+use crate::store::SpendRecord;
 
 #[derive(Debug)]
 pub(crate) struct RequestRecord {
@@ -19,6 +22,9 @@ pub(crate) struct RequestRecord {
     started: Instant,
     metrics: Arc<Metrics>,
     stream: bool,
+    gateway: Gateway,
+    time: SystemTime,
+    admission: Option<Admission>,
 }
 
 impl RequestRecord {
@@ -26,17 +32,58 @@ impl RequestRecord {
         ctx: &RequestContext,
         model: &str,
         started: Instant,
-        metrics: &Arc<Metrics>,
+        gateway: &Gateway,
     ) -> Self {
+        let metrics = gateway.inner.metrics.clone();
         metrics.in_flight.inc();
         RequestRecord {
             request_id: ctx.request_id.clone(),
             door: ctx.door,
             model: model.to_string(),
             started,
-            metrics: metrics.clone(),
+            metrics,
             stream: false,
+            gateway: gateway.clone(),
+            time: SystemTime::now(),
+            admission: None,
         }
+    }
+
+    /// The caller was admitted; its admission (budget reservation, key rate-limit slot) is held
+    /// until this record ends.
+    pub(crate) fn admit(&mut self, admission: Admission) {
+        self.admission = Some(admission);
+    }
+
+    fn key_alias_label(&self) -> String {
+        self.admission
+            .as_ref()
+            .map_or_else(|| "none".to_string(), |a| a.principal.metrics_label())
+    }
+
+    /// Hands the spend record to the writer (never blocks, never fails the request).
+    fn spend(&self, by: Option<&ServedBy>, usage: &Usage, status: u16, error: Option<&Error>) {
+        let Some(writer) = &self.gateway.inner.spend else {
+            return;
+        };
+        let principal = self.admission.as_ref().map(|a| &a.principal);
+        writer.record(SpendRecord {
+            request_id: self.request_id.clone(),
+            time: self.time,
+            key_hash: principal.and_then(|p| p.key_hash()).map(str::to_string),
+            key_alias: principal.and_then(|p| p.key_alias()).map(str::to_string),
+            model_group: by.map_or_else(|| self.model.clone(), |b| b.model_group.clone()),
+            deployment_id: by.map(|b| b.deployment_id.clone()).unwrap_or_default(),
+            provider_model: by.map(|b| b.provider_model.clone()).unwrap_or_default(),
+            prompt_tokens: u64::from(usage.prompt_tokens),
+            completion_tokens: u64::from(usage.completion_tokens),
+            cost_usd: usage.cost_usd,
+            latency_ms: self.started.elapsed().as_millis() as u64,
+            status,
+            error_kind: error.map(|e| e.kind.openai_type().to_string()),
+            request_body: None,
+            response_body: None,
+        });
     }
 
     fn group(&self, group: &str) -> GroupLabels {
@@ -111,9 +158,19 @@ impl RequestRecord {
         m.cost
             .get_or_create(&CostLabels {
                 model_group: by.model_group.clone(),
-                key_alias: "master".into(),
+                key_alias: self.key_alias_label(),
             })
             .inc_by(u.cost_usd);
+        if let Some(super::auth::Principal::Key(k)) = self.admission.as_ref().map(|a| &a.principal)
+        {
+            k.charge(u.cost_usd, self.gateway.inner.router.clock().wall());
+            self.gateway.inner.router.limiter().add_tokens(
+                &key_subject(&k.record.token_hash),
+                u64::from(u.total_tokens),
+                self.gateway.inner.router.clock().now(),
+            );
+        }
+        self.spend(Some(by), &u, 200, None);
     }
 
     pub(crate) fn finish_err(&self, e: &Error) {
@@ -159,6 +216,12 @@ impl RequestRecord {
                     model_group,
                 })
                 .inc();
+        }
+        // Requests refused before routing (bad key, bad body, unknown model) leave no record:
+        // there is nothing to charge and nothing a provider saw.
+        if self.admission.is_some() {
+            let usage = by.map(|_| Usage::default()).unwrap_or_default();
+            self.spend(by, &usage, status, Some(e));
         }
     }
 }

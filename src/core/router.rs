@@ -14,7 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 use tokio::time::Instant;
@@ -27,7 +27,12 @@ use crate::providers::Provider;
 
 /// The router's source of "now" for cooldowns and limits.
 pub trait Clock: Send + Sync + fmt::Debug {
+    /// Monotonic time, for cooldowns and rate windows.
     fn now(&self) -> Instant;
+    /// Wall-clock time, for budget windows and key expiry.
+    fn wall(&self) -> SystemTime {
+        SystemTime::now()
+    }
 }
 
 /// Real time.
@@ -40,10 +45,11 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock a test moves by hand.
+/// A clock a test moves by hand (both its monotonic and its wall time).
 #[derive(Debug)]
 pub struct ManualClock {
     base: Instant,
+    wall_base: SystemTime,
     offset: Mutex<Duration>,
 }
 
@@ -51,6 +57,7 @@ impl Default for ManualClock {
     fn default() -> Self {
         ManualClock {
             base: Instant::now(),
+            wall_base: SystemTime::now(),
             offset: Mutex::new(Duration::ZERO),
         }
     }
@@ -65,6 +72,10 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> Instant {
         self.base + *self.offset.lock()
+    }
+
+    fn wall(&self) -> SystemTime {
+        self.wall_base + *self.offset.lock()
     }
 }
 

@@ -43,6 +43,34 @@ fn value_to_json(v: prost_types::Value) -> Value {
     }
 }
 
+/// JSON → `google.protobuf.Value`.
+pub fn json_to_value(v: &Value) -> prost_types::Value {
+    let kind = match v {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(b) => Kind::BoolValue(*b),
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        Value::String(s) => Kind::StringValue(s.clone()),
+        Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.iter().map(json_to_value).collect(),
+        }),
+        Value::Object(o) => Kind::StructValue(prost_types::Struct {
+            fields: o
+                .iter()
+                .map(|(k, v)| (k.clone(), json_to_value(v)))
+                .collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+/// JSON object → `google.protobuf.Struct` (`None` for anything else).
+pub fn json_to_struct(v: &Value) -> Option<prost_types::Struct> {
+    match json_to_value(v).kind {
+        Some(Kind::StructValue(s)) => Some(s),
+        _ => None,
+    }
+}
+
 impl From<pb::StreamChatRequest> for pb::ChatRequest {
     fn from(r: pb::StreamChatRequest) -> Self {
         let pb::StreamChatRequest {
@@ -523,33 +551,11 @@ mod tests {
     #[test]
     fn struct_round_trips_to_json() {
         let json = serde_json::json!({"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}, "required": ["n"], "x": 1.5, "y": null, "z": true});
-        let s: prost_types::Struct = match json_to_struct_for_test(&json) {
+        let s: prost_types::Struct = match json_to_struct(&json) {
             Some(s) => s,
             None => panic!("not an object"),
         };
         assert_eq!(struct_to_json(s), json);
-    }
-
-    fn json_to_struct_for_test(v: &Value) -> Option<prost_types::Struct> {
-        fn val(v: &Value) -> prost_types::Value {
-            let kind = match v {
-                Value::Null => Kind::NullValue(0),
-                Value::Bool(b) => Kind::BoolValue(*b),
-                Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
-                Value::String(s) => Kind::StringValue(s.clone()),
-                Value::Array(a) => Kind::ListValue(prost_types::ListValue {
-                    values: a.iter().map(val).collect(),
-                }),
-                Value::Object(o) => Kind::StructValue(prost_types::Struct {
-                    fields: o.iter().map(|(k, v)| (k.clone(), val(v))).collect(),
-                }),
-            };
-            prost_types::Value { kind: Some(kind) }
-        }
-        match val(v).kind {
-            Some(Kind::StructValue(s)) => Some(s),
-            _ => None,
-        }
     }
 
     #[test]

@@ -42,7 +42,7 @@ pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
     })
 }
 
-fn context(md: &MetadataMap) -> RequestContext {
+pub(crate) fn context(md: &MetadataMap) -> RequestContext {
     let text = |k: &str| md.get(k).and_then(|v| v.to_str().ok()).map(str::trim);
     let request_id = text("x-request-id")
         .filter(|s| !s.is_empty())

@@ -18,7 +18,7 @@ use crate::openai::{
 
 /// The request's context: its id (set by the request-id layer) and the key it presents
 /// (`Authorization: Bearer <key>` or `x-api-key: <key>`).
-fn context(headers: &HeaderMap) -> RequestContext {
+pub(crate) fn context(headers: &HeaderMap) -> RequestContext {
     let request_id = headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
@@ -80,8 +80,8 @@ pub async fn chat_completions(
     headers: HeaderMap,
     Body(body): Body,
 ) -> Result<Response, HttpError> {
-    let ctx = context(&headers);
-    gw.authorize(&ctx)?;
+    let mut ctx = context(&headers);
+    ctx.principal = Some(gw.authorize(&ctx)?);
     let wire: ChatCompletionRequest = parse_json(&body)?;
     let stream = wire.stream.unwrap_or(false);
     let req = ChatRequest::try_from(wire)?;
@@ -111,8 +111,8 @@ pub async fn embeddings(
     headers: HeaderMap,
     Body(body): Body,
 ) -> Result<Response, HttpError> {
-    let ctx = context(&headers);
-    gw.authorize(&ctx)?;
+    let mut ctx = context(&headers);
+    ctx.principal = Some(gw.authorize(&ctx)?);
     let wire: WireEmbeddingRequest = parse_json(&body)?;
     let base64 = match wire.encoding_format.as_deref() {
         None | Some("float") => false,
@@ -139,8 +139,8 @@ pub async fn generate_image(
     headers: HeaderMap,
     Body(body): Body,
 ) -> Result<Response, HttpError> {
-    let ctx = context(&headers);
-    gw.authorize(&ctx)?;
+    let mut ctx = context(&headers);
+    ctx.principal = Some(gw.authorize(&ctx)?);
     let wire: ImageGenerationRequest = parse_json(&body)?;
     let served = gw.generate_image(&ctx, ImageRequest::from(wire)).await?;
     let body = ImagesResponse::from(&served.value);

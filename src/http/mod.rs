@@ -2,6 +2,7 @@
 //! OpenAI-shaped errors for everything, unknown paths included. Handlers only extract, convert,
 //! call the core and convert back; no provider code lives here.
 
+pub mod admin;
 pub mod error;
 pub mod handlers;
 pub mod sse;
@@ -49,6 +50,14 @@ pub fn router(gateway: Gateway, opts: &HttpOptions) -> Router {
         .route("/health/liveness", get(h::liveliness))
         .route("/health/readiness", get(h::readiness))
         .route("/metrics", get(h::metrics))
+        .route("/key/generate", post(admin::generate))
+        .route("/key/update", post(admin::update))
+        .route("/key/delete", post(admin::delete))
+        .route("/key/info", get(admin::info))
+        .route("/key/list", get(admin::list))
+        .route("/spend/logs", get(admin::spend_logs))
+        .route("/spend/report", get(admin::spend_report))
+        .route("/global/spend/report", get(admin::spend_report))
         .with_state(gateway);
     let root = normalize_root(&opts.root_path);
     let app = if root.is_empty() {

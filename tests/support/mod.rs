@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fake_openai;
+pub mod pg;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,6 +28,8 @@ pub struct TestGateway {
     pub grpc_addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), ai_api::server::ServeError>>>,
+    /// The SQLite data directory made for this gateway (removed when it is dropped).
+    pub data: Option<tempfile::TempDir>,
 }
 
 impl TestGateway {
@@ -84,6 +87,29 @@ pub async fn start_with(
     root: &str,
     clock: Arc<dyn Clock>,
 ) -> TestGateway {
+    start_full(yaml, env, root, clock, None).await
+}
+
+/// Starts the gateway with every option: `database_url` `None` is SQLite in a temp dir.
+pub async fn start_full(
+    yaml: &str,
+    env: &[(&str, &str)],
+    root: &str,
+    clock: Arc<dyn Clock>,
+    database_url: Option<String>,
+) -> TestGateway {
+    start_on(yaml, env, root, clock, database_url, None).await
+}
+
+/// As [`start_full`], with the SQLite data directory given (to restart on the same data).
+pub async fn start_on(
+    yaml: &str,
+    env: &[(&str, &str)],
+    root: &str,
+    clock: Arc<dyn Clock>,
+    database_url: Option<String>,
+    data_dir: Option<std::path::PathBuf>,
+) -> TestGateway {
     let env: HashMap<String, String> = env
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -95,8 +121,18 @@ pub async fn start_with(
     let http_addr = http.local_addr().unwrap();
     let grpc_addr = grpc.local_addr().unwrap();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let data = match data_dir {
+        Some(_) => None,
+        None => Some(tempfile::tempdir().unwrap()),
+    };
     let mut opts = ServeOptions::new(root, Duration::from_secs(5));
     opts.clock = clock;
+    opts.data_dir = match (&data, data_dir) {
+        (Some(t), _) => t.path().to_path_buf(),
+        (None, Some(d)) => d,
+        (None, None) => unreachable!(),
+    };
+    opts.database_url = database_url;
     let config = loaded.config;
     let task = tokio::spawn(async move {
         serve(&config, http, grpc, opts, async {
@@ -111,6 +147,7 @@ pub async fn start_with(
         grpc_addr,
         stop: Some(stop_tx),
         task: Some(task),
+        data,
     }
 }
 
