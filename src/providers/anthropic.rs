@@ -311,7 +311,12 @@ fn build_request(req: &ChatRequest, model: &str, stream: bool) -> Result<Prepare
         messages,
         max_tokens,
         system,
-        stop_sequences: stop.iter().filter(|s| !s.is_empty()).cloned().collect(),
+        // Anthropic refuses whitespace-only stop sequences (OpenAI clients often send "\n").
+        stop_sequences: stop
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .cloned()
+            .collect(),
         temperature: temperature.map(|t| t.min(1.0)),
         top_p: *top_p,
         tools,
@@ -490,6 +495,18 @@ fn convert_messages(messages: &[Message]) -> Result<(Option<String>, Vec<WireMes
             }
         }
     }
+    // Anthropic's conversation must open with a user turn; a conversation that opens with the
+    // assistant (a greeting) gets a placeholder user turn first, as LiteLLM does.
+    if turns.first().is_some_and(|t| t.role == WireRole::Assistant) {
+        turns.insert(
+            0,
+            Turn {
+                role: WireRole::User,
+                blocks: vec![Block::Text { text: ".".into() }],
+                first_message: 0,
+            },
+        );
+    }
     let mut out = Vec::with_capacity(turns.len());
     for mut turn in turns {
         if turn.blocks.is_empty() {
@@ -558,8 +575,14 @@ fn image_source(i: usize, url: &str) -> Result<ImageSource, Error> {
         if media_type.is_empty() {
             return Err(invalid("the image data: URL names no media type"));
         }
+        // `image/jpg` is a common label that Anthropic does not take.
+        let media_type = if media_type.eq_ignore_ascii_case("image/jpg") {
+            "image/jpeg".to_string()
+        } else {
+            media_type.to_ascii_lowercase()
+        };
         return Ok(ImageSource::Base64 {
-            media_type: media_type.to_string(),
+            media_type,
             data: data.to_string(),
         });
     }

@@ -79,7 +79,10 @@ impl Upstream {
                 "upstream error response"
             );
         }
-        Err(upstream_error(status.as_u16(), &body).with_retry_after(retry_after))
+        let e = upstream_error(status.as_u16(), &body);
+        // A header wins over a delay in the body.
+        let from_body = e.retry_after;
+        Err(e.with_retry_after(retry_after.or(from_body)))
     }
 
     /// Reads a whole JSON answer.
@@ -175,7 +178,18 @@ pub fn upstream_error(status: u16, body: &Bytes) -> Error {
     };
     let mut e = Error::new(kind, message);
     e.code = code;
+    e.retry_after = err.and_then(google_retry_delay);
     e
+}
+
+/// Gemini puts its retry delay in the body: `error.details[]` of type
+/// `google.rpc.RetryInfo` with `retryDelay: "37s"`.
+fn google_retry_delay(err: &Value) -> Option<Duration> {
+    err.get("details")?.as_array()?.iter().find_map(|d| {
+        let delay = d.get("retryDelay")?.as_str()?;
+        let secs: f64 = delay.strip_suffix('s')?.parse().ok()?;
+        Duration::try_from_secs_f64(secs).ok()
+    })
 }
 
 /// `retry-after-ms` or `retry-after` (seconds) from a provider's answer.
@@ -213,6 +227,16 @@ mod tests {
         let garbage = Bytes::from_static(b"<html>bad gateway</html>");
         let e = upstream_error(502, &garbage);
         assert!(e.message.contains("HTTP 502"), "{}", e.message);
+    }
+
+    #[test]
+    fn geminis_retry_delay_in_the_body_is_read() {
+        let body = Bytes::from_static(
+            br#"{"error":{"code":429,"message":"Quota exceeded","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"37s"}]}}"#,
+        );
+        let e = upstream_error(429, &body);
+        assert_eq!(e.retry_after, Some(Duration::from_secs(37)));
+        assert_eq!(e.code.as_deref(), Some("429"));
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod fake_anthropic;
+pub mod fake_gemini;
 pub mod fake_openai;
 pub mod pg;
 
