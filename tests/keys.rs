@@ -520,3 +520,40 @@ async fn the_sqlite_file_holds_no_plain_key() {
         assert!(!text.contains(MASTER_KEY));
     }
 }
+
+#[tokio::test]
+async fn bodies_are_stored_only_with_log_raw_request_response() {
+    for raw in [false, true] {
+        let fake = FakeOpenAi::start().await;
+        let mut y = yaml(&fake);
+        y.push_str(&format!(
+            "litellm_settings:\n  log_raw_request_response: {raw}\n"
+        ));
+        let b = &backends().await[0];
+        let gw = b.start(&y, Arc::new(SystemClock)).await;
+        assert_eq!(
+            chat_as(&gw, MASTER_KEY, "gpt-4o-mini", false)
+                .await
+                .status(),
+            200
+        );
+        let logs = logs_with(&gw, "", 1).await;
+        if raw {
+            assert_eq!(
+                logs[0]["messages"]["messages"][0]["content"], "hi",
+                "{}",
+                logs[0]
+            );
+            assert_eq!(
+                logs[0]["response"]["choices"][0]["message"]["content"],
+                "Hello there, friend!"
+            );
+        } else {
+            assert!(
+                logs[0]["messages"].is_null() && logs[0]["response"].is_null(),
+                "{}",
+                logs[0]
+            );
+        }
+    }
+}

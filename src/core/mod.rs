@@ -455,7 +455,10 @@ impl Gateway {
         let mut record = RequestRecord::start(ctx, &req.model, started, self);
         let result = self.chat_inner(ctx, req, started, &mut record).await;
         match &result {
-            Ok(s) => record.finish_ok(&s.by, s.value.usage.as_ref()),
+            Ok(s) => {
+                record.response_body(&s.value);
+                record.finish_ok(&s.by, s.value.usage.as_ref())
+            }
             Err(e) => record.finish_err(e),
         }
         result
@@ -496,6 +499,7 @@ impl Gateway {
         let requested_timeout = overrides.timeout;
         req.validate()?;
         self.admit_to(principal, &req.model, record)?;
+        record.request_body(&req);
         self.log_raw_request(ctx, &req);
         let req = &req;
         let routed = self
@@ -584,6 +588,7 @@ impl Gateway {
         let requested_timeout = overrides.timeout;
         req.validate()?;
         self.admit_to(principal, &req.model, record)?;
+        record.request_body(&req);
         self.log_raw_request(ctx, &req);
         let include_usage = req.include_usage;
         let req = &req;

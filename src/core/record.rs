@@ -25,6 +25,9 @@ pub(crate) struct RequestRecord {
     gateway: Gateway,
     time: SystemTime,
     admission: Option<Admission>,
+    /// Bodies for the spend record, only with `log_raw_request_response: true`.
+    request_body: Option<String>,
+    response_body: Option<String>,
 }
 
 impl RequestRecord {
@@ -46,6 +49,22 @@ impl RequestRecord {
             gateway: gateway.clone(),
             time: SystemTime::now(),
             admission: None,
+            request_body: None,
+            response_body: None,
+        }
+    }
+
+    /// Keeps the request body for the spend record (only with `log_raw_request_response`).
+    pub(crate) fn request_body(&mut self, body: &impl serde::Serialize) {
+        if self.gateway.inner.log_raw {
+            self.request_body = serde_json::to_string(body).ok();
+        }
+    }
+
+    /// Keeps the response body for the spend record (only with `log_raw_request_response`).
+    pub(crate) fn response_body(&mut self, body: &impl serde::Serialize) {
+        if self.gateway.inner.log_raw {
+            self.response_body = serde_json::to_string(body).ok();
         }
     }
 
@@ -81,8 +100,8 @@ impl RequestRecord {
             latency_ms: self.started.elapsed().as_millis() as u64,
             status,
             error_kind: error.map(|e| e.kind.openai_type().to_string()),
-            request_body: None,
-            response_body: None,
+            request_body: self.request_body.clone(),
+            response_body: self.response_body.clone(),
         });
     }
 

@@ -2,6 +2,9 @@
 //! every provider translates. They know no wire format (neither OpenAI's JSON nor protobuf);
 //! `serde_json::Value` appears only where the data itself is JSON (schemas, pass-through params).
 //!
+//! They derive `Serialize` for the raw-body logs (`log_raw_request_response`); that is a log
+//! format, not a wire contract.
+//!
 //! Validation of a request's shape lives here once (`validate`), so both doors answer the same
 //! 400 for the same mistake.
 
@@ -9,12 +12,14 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
+use serde::Serialize;
 use serde_json::Value;
 
 use super::error::Error;
 
 /// Who wrote a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     System,
     Developer,
@@ -59,13 +64,14 @@ impl FromStr for Role {
 }
 
 /// A piece of message content.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ContentPart {
     Text(String),
     Image(ImageUrl),
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ImageUrl {
     /// https URL or `data:` URL.
     pub url: String,
@@ -73,7 +79,8 @@ pub struct ImageUrl {
 }
 
 /// Message content: plain text or a list of parts (OpenAI accepts both).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
 pub enum Content {
     Text(String),
     Parts(Vec<ContentPart>),
@@ -95,7 +102,7 @@ impl Content {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Message {
     pub role: Role,
     pub content: Option<Content>,
@@ -121,7 +128,7 @@ impl Message {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ToolCall {
     pub id: String,
     pub name: String,
@@ -129,7 +136,7 @@ pub struct ToolCall {
     pub arguments: String,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Tool {
     pub name: String,
     pub description: Option<String>,
@@ -138,7 +145,8 @@ pub struct Tool {
     pub strict: Option<bool>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ToolChoice {
     None,
     Auto,
@@ -146,7 +154,8 @@ pub enum ToolChoice {
     Function(String),
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ResponseFormat {
     Text,
     JsonObject,
@@ -159,7 +168,7 @@ pub enum ResponseFormat {
 }
 
 /// A chat completion request, as the core sees it.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct ChatRequest {
     /// The model group (`model_name`).
     pub model: String,
@@ -280,7 +289,8 @@ impl ChatRequest {
 }
 
 /// Why the model stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FinishReason {
     Stop,
     Length,
@@ -310,7 +320,7 @@ impl FinishReason {
 }
 
 /// Tokens used, and their cost.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
 pub struct Usage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
@@ -333,7 +343,7 @@ impl Usage {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Choice {
     pub index: u32,
     pub message: Message,
@@ -342,7 +352,7 @@ pub struct Choice {
     pub logprobs: Option<Value>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ChatResponse {
     pub id: String,
     /// The provider's model that answered.
@@ -354,7 +364,7 @@ pub struct ChatResponse {
 }
 
 /// A fragment of a tool call in a stream.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct ToolCallDelta {
     pub index: u32,
     pub id: Option<String>,
@@ -362,7 +372,7 @@ pub struct ToolCallDelta {
     pub arguments: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct Delta {
     pub role: Option<Role>,
     pub content: Option<String>,
@@ -370,7 +380,7 @@ pub struct Delta {
     pub refusal: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ChunkChoice {
     pub index: u32,
     pub delta: Delta,
@@ -379,7 +389,7 @@ pub struct ChunkChoice {
 }
 
 /// One streamed chunk. A chunk with no choices and `usage` set is the final usage chunk.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ChatChunk {
     pub id: String,
     pub model: String,
@@ -389,7 +399,8 @@ pub struct ChatChunk {
     pub system_fingerprint: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
 pub enum EmbeddingInput {
     Texts(Vec<String>),
     Tokens(Vec<Vec<u32>>),
@@ -408,7 +419,7 @@ impl EmbeddingInput {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EmbeddingRequest {
     pub model: String,
     pub input: EmbeddingInput,
@@ -435,7 +446,7 @@ impl EmbeddingRequest {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EmbeddingResponse {
     pub model: String,
     /// One vector per input, in input order.
@@ -443,7 +454,7 @@ pub struct EmbeddingResponse {
     pub usage: Usage,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ImageRequest {
     pub model: String,
     pub prompt: String,
@@ -482,14 +493,14 @@ impl ImageRequest {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct GeneratedImage {
     pub url: Option<String>,
     pub b64_json: Option<String>,
     pub revised_prompt: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ImageResponse {
     pub created: i64,
     pub data: Vec<GeneratedImage>,
@@ -497,7 +508,7 @@ pub struct ImageResponse {
 }
 
 /// A model group, as listed to clients.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModelInfo {
     pub id: String,
     pub owned_by: String,

@@ -197,6 +197,9 @@ fn spend_json(r: &SpendRecord) -> Value {
         "status": if r.status < 400 { "success" } else { "failure" },
         "status_code": r.status,
         "error_kind": r.error_kind,
+        // Only stored with `log_raw_request_response: true`.
+        "messages": r.request_body.as_deref().and_then(|b| serde_json::from_str::<Value>(b).ok()),
+        "response": r.response_body.as_deref().and_then(|b| serde_json::from_str::<Value>(b).ok()),
     })
 }
 
