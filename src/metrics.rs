@@ -57,6 +57,21 @@ fn overhead_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_01, 2.0, 14))
 }
 
+/// One deployment's handles for one door, resolved once so the hot path increments them
+/// without building labels or looking them up.
+#[derive(Debug, Clone)]
+pub struct DoorMetrics {
+    pub requests_ok: Counter,
+    pub latency: Histogram,
+    pub time_to_first_token: Histogram,
+    pub overhead: Histogram,
+    pub tokens_in: Counter,
+    pub tokens_out: Counter,
+    pub cost_master: Counter<f64, AtomicU64>,
+    pub retries: Counter,
+    pub fallbacks: Counter,
+}
+
 /// Every metric of the gateway.
 #[derive(Debug)]
 pub struct Metrics {
@@ -188,6 +203,59 @@ impl Metrics {
             open_streams,
             spend_pending,
             spend_dropped,
+        }
+    }
+
+    /// The handles of `deployment` (of `model_group`) for `door`. Each handle is taken in its
+    /// own statement: a family's read guard must be dropped before the next lookup, which may
+    /// need that family's write lock.
+    pub fn for_deployment(
+        &self,
+        door: &'static str,
+        model_group: &str,
+        deployment: &str,
+    ) -> DoorMetrics {
+        let group = GroupLabels {
+            door,
+            model_group: model_group.to_string(),
+        };
+        let tokens = |direction| TokenLabels {
+            model_group: model_group.to_string(),
+            direction,
+        };
+        let requests_ok = self
+            .requests
+            .get_or_create(&RequestLabels {
+                door,
+                model_group: model_group.to_string(),
+                deployment: deployment.to_string(),
+                status: 200,
+            })
+            .clone();
+        let latency = self.latency.get_or_create(&group).clone();
+        let time_to_first_token = self.time_to_first_token.get_or_create(&group).clone();
+        let overhead = self.overhead.get_or_create(&group).clone();
+        let tokens_in = self.tokens.get_or_create(&tokens("in")).clone();
+        let tokens_out = self.tokens.get_or_create(&tokens("out")).clone();
+        let cost_master = self
+            .cost
+            .get_or_create(&CostLabels {
+                model_group: model_group.to_string(),
+                key_alias: "master".into(),
+            })
+            .clone();
+        let retries = self.retries.get_or_create(&group).clone();
+        let fallbacks = self.fallbacks.get_or_create(&group).clone();
+        DoorMetrics {
+            requests_ok,
+            latency,
+            time_to_first_token,
+            overhead,
+            tokens_in,
+            tokens_out,
+            cost_master,
+            retries,
+            fallbacks,
         }
     }
 

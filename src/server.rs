@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -101,6 +102,12 @@ pub async fn serve(
         .map_err(|e| ServeError::Start(e.to_string()))?;
     let (stop_tx, stop_rx) = watch::channel(false);
 
+    // No Nagle delay: every SSE chunk goes out as soon as it is written.
+    let http = http.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+    });
     let http_server = axum::serve(http, app).with_graceful_shutdown(until_true(stop_rx.clone()));
     let mut http_task = tokio::spawn(async move { http_server.await.map_err(ServeError::Http) });
 

@@ -30,6 +30,36 @@ struct PriceFile {
     models: HashMap<String, Price>,
 }
 
+/// Per-token prices of one deployment, in USD.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TokenPrice {
+    pub input: f64,
+    pub output: f64,
+    pub cache_read: f64,
+    pub cache_write: f64,
+}
+
+impl TokenPrice {
+    /// USD for `usage`.
+    pub fn cost(&self, usage: &Usage) -> f64 {
+        // OpenAI and Gemini count cached tokens inside prompt_tokens; Anthropic's translation
+        // does the same, so the uncached part is the difference.
+        let cached = u64::from(usage.cached_prompt_tokens.min(usage.prompt_tokens));
+        let creation = u64::from(
+            usage.cache_creation_tokens.min(
+                usage
+                    .prompt_tokens
+                    .saturating_sub(usage.cached_prompt_tokens),
+            ),
+        );
+        let plain = u64::from(usage.prompt_tokens) - cached - creation;
+        plain as f64 * self.input
+            + cached as f64 * self.cache_read
+            + creation as f64 * self.cache_write
+            + f64::from(usage.completion_tokens) * self.output
+    }
+}
+
 /// The price table, and which models were already warned about.
 #[derive(Debug)]
 pub struct PriceTable {
@@ -78,44 +108,39 @@ impl PriceTable {
         }
     }
 
-    /// USD for the tokens of a chat or embeddings call.
-    pub fn token_cost(&self, d: &DeploymentConfig, usage: &Usage) -> f64 {
+    /// A deployment's token prices, resolved once (overrides first, then the table). `None`
+    /// for a mock deployment (free) or an unknown model (warned about once, here).
+    pub fn token_price(&self, d: &DeploymentConfig) -> Option<TokenPrice> {
         if d.mock_response.is_some() {
-            return 0.0;
+            return None;
         }
         let row = self.lookup(d);
         let input = d
             .input_cost_per_token
             .or(row.and_then(|r| r.input_cost_per_token));
-        let output = d
-            .output_cost_per_token
-            .or(row.and_then(|r| r.output_cost_per_token));
-        let (Some(input), output) = (input, output) else {
+        let Some(input) = input else {
             self.warn_once(d);
-            return 0.0;
+            return None;
         };
-        let output = output.unwrap_or(0.0);
-        let cache_read = row
-            .and_then(|r| r.cache_read_input_token_cost)
-            .unwrap_or(input);
-        let cache_write = row
-            .and_then(|r| r.cache_creation_input_token_cost)
-            .unwrap_or(input);
-        // OpenAI and Gemini count cached tokens inside prompt_tokens; Anthropic's translation
-        // does the same, so the uncached part is the difference.
-        let cached = u64::from(usage.cached_prompt_tokens.min(usage.prompt_tokens));
-        let creation = u64::from(
-            usage.cache_creation_tokens.min(
-                usage
-                    .prompt_tokens
-                    .saturating_sub(usage.cached_prompt_tokens),
-            ),
-        );
-        let plain = u64::from(usage.prompt_tokens) - cached - creation;
-        plain as f64 * input
-            + cached as f64 * cache_read
-            + creation as f64 * cache_write
-            + f64::from(usage.completion_tokens) * output
+        Some(TokenPrice {
+            input,
+            output: d
+                .output_cost_per_token
+                .or(row.and_then(|r| r.output_cost_per_token))
+                .unwrap_or(0.0),
+            cache_read: row
+                .and_then(|r| r.cache_read_input_token_cost)
+                .unwrap_or(input),
+            cache_write: row
+                .and_then(|r| r.cache_creation_input_token_cost)
+                .unwrap_or(input),
+        })
+    }
+
+    /// USD for the tokens of a chat or embeddings call on `d` (resolving its price each time:
+    /// the hot path keeps a [`TokenPrice`] per deployment instead).
+    pub fn token_cost(&self, d: &DeploymentConfig, usage: &Usage) -> f64 {
+        self.token_price(d).map_or(0.0, |p| p.cost(usage))
     }
 
     /// USD for generated images: per image, else per pixel, by `quality/size/model` rows.

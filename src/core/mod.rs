@@ -141,6 +141,8 @@ pub struct ServedBy {
     pub upstream: Duration,
     /// The provider's model name.
     pub provider_model: String,
+    /// The deployment that answered.
+    pub deployment: Arc<Deployment>,
 }
 
 impl ServedBy {
@@ -240,6 +242,8 @@ impl Gateway {
             .build()
             .map_err(|e| Error::internal(format!("cannot build the HTTP client: {e}")))?;
         let created = types::unix_now();
+        let metrics = Arc::new(Metrics::new());
+        let prices = PriceTable::builtin();
         let mut models: Vec<ModelInfo> = Vec::new();
         let mut deployments = Vec::with_capacity(config.deployments.len());
         for (i, d) in config.deployments.iter().enumerate() {
@@ -251,9 +255,14 @@ impl Gateway {
                 });
             }
             let provider = Provider::new(d, client.clone(), config.log_raw_request_response);
-            deployments.push(Arc::new(Deployment::new(d.clone(), provider, i)));
+            let mut dep = Deployment::new(d.clone(), provider, i);
+            dep.price = prices.token_price(d);
+            dep.metrics =
+                Some(Arc::new([Door::Http, Door::Grpc].map(|door| {
+                    metrics.for_deployment(door.as_str(), &d.model_name, &d.id)
+                })));
+            deployments.push(Arc::new(dep));
         }
-        let metrics = Arc::new(Metrics::new());
         let router = Router::new(
             config.router.clone(),
             deployments,
@@ -268,7 +277,7 @@ impl Gateway {
                 auth,
                 spend: deps.spend,
                 log_raw: config.log_raw_request_response,
-                prices: PriceTable::builtin(),
+                prices,
                 metrics,
                 require_auth_for_metrics: config.require_auth_for_metrics,
             }),
@@ -411,6 +420,7 @@ impl Gateway {
             started,
             upstream: r.upstream,
             provider_model: r.deployment.config.upstream_model.clone(),
+            deployment: r.deployment.clone(),
         }
     }
 
@@ -513,7 +523,7 @@ impl Gateway {
         let mut cost = 0.0;
         let mut resp = routed.value;
         if let Some(u) = resp.usage.as_mut() {
-            u.cost_usd = self.inner.prices.token_cost(&routed.deployment.config, u);
+            u.cost_usd = routed.deployment.cost(u);
             cost = u.cost_usd;
             self.inner
                 .router
@@ -532,6 +542,7 @@ impl Gateway {
             started,
             upstream: routed.upstream,
             provider_model: routed.deployment.config.upstream_model.clone(),
+            deployment: routed.deployment.clone(),
         };
         Ok(Served { value: resp, by })
     }
@@ -646,10 +657,7 @@ impl Gateway {
                 .await?;
             let mut by = self.served_by(&routed, started, 0.0);
             let mut resp = routed.value;
-            resp.usage.cost_usd = self
-                .inner
-                .prices
-                .token_cost(&routed.deployment.config, &resp.usage);
+            resp.usage.cost_usd = routed.deployment.cost(&resp.usage);
             by.cost_usd = resp.usage.cost_usd;
             self.inner
                 .router
@@ -739,11 +747,7 @@ impl ChatStream {
     /// ask for.
     fn prepare(&mut self, mut chunk: ChatChunk) -> Option<ChatChunk> {
         if let Some(u) = chunk.usage.as_mut() {
-            u.cost_usd = self
-                .gateway
-                .inner
-                .prices
-                .token_cost(&self.deployment.config, u);
+            u.cost_usd = self.deployment.cost(u);
             self.usage = Some(*u);
             if !self.include_usage {
                 if chunk.choices.is_empty() {

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::error::{Error, ErrorKind};
 use super::types::Usage;
 use super::{Admission, Door, Gateway, RequestContext, ServedBy, key_subject};
-use crate::metrics::{CostLabels, GroupLabels, Metrics, RequestLabels, TokenLabels};
+use crate::metrics::{CostLabels, DoorMetrics, GroupLabels, Metrics, RequestLabels};
 use crate::store::SpendRecord;
 
 #[derive(Debug)]
@@ -105,10 +105,15 @@ impl RequestRecord {
         });
     }
 
-    fn group(&self, group: &str) -> GroupLabels {
-        GroupLabels {
-            door: self.door.as_str(),
-            model_group: group.to_string(),
+    /// The deployment's metric handles for this door (resolved at startup; built here only
+    /// for a deployment made without them).
+    fn handles(&self, by: &ServedBy) -> DoorMetrics {
+        match by.deployment.door_metrics(self.door) {
+            Some(m) => m.clone(),
+            None => {
+                self.metrics
+                    .for_deployment(self.door.as_str(), &by.model_group, &by.deployment_id)
+            }
         }
     }
 
@@ -116,9 +121,8 @@ impl RequestRecord {
     pub(crate) fn first_token(&mut self, by: &ServedBy) {
         self.stream = true;
         self.metrics.open_streams.inc();
-        self.metrics
+        self.handles(by)
             .time_to_first_token
-            .get_or_create(&self.group(&by.model_group))
             .observe(self.started.elapsed().as_secs_f64());
     }
 
@@ -142,52 +146,38 @@ impl RequestRecord {
             cost_usd = u.cost_usd,
             "request served"
         );
-        let m = &self.metrics;
-        m.requests
-            .get_or_create(&RequestLabels {
-                door: self.door.as_str(),
-                model_group: by.model_group.clone(),
-                deployment: by.deployment_id.clone(),
-                status: 200,
-            })
-            .inc();
-        let group = self.group(&by.model_group);
-        m.latency
-            .get_or_create(&group)
-            .observe(latency.as_secs_f64());
-        m.overhead
-            .get_or_create(&group)
-            .observe(by.overhead().as_secs_f64());
+        let m = self.handles(by);
+        m.requests_ok.inc();
+        m.latency.observe(latency.as_secs_f64());
+        m.overhead.observe(by.overhead().as_secs_f64());
         if by.attempted_retries > 0 {
-            m.retries
-                .get_or_create(&group)
-                .inc_by(u64::from(by.attempted_retries));
+            m.retries.inc_by(u64::from(by.attempted_retries));
         }
         if by.attempted_fallbacks > 0 {
-            m.fallbacks.get_or_create(&group).inc();
+            m.fallbacks.inc();
         }
-        for (direction, n) in [("in", u.prompt_tokens), ("out", u.completion_tokens)] {
-            m.tokens
-                .get_or_create(&TokenLabels {
-                    model_group: by.model_group.clone(),
-                    direction,
-                })
-                .inc_by(u64::from(n));
-        }
-        m.cost
-            .get_or_create(&CostLabels {
-                model_group: by.model_group.clone(),
-                key_alias: self.key_alias_label(),
-            })
-            .inc_by(u.cost_usd);
-        if let Some(super::auth::Principal::Key(k)) = self.admission.as_ref().map(|a| &a.principal)
-        {
-            k.charge(u.cost_usd, self.gateway.inner.router.clock().wall());
-            self.gateway.inner.router.limiter().add_tokens(
-                &key_subject(&k.record.token_hash),
-                u64::from(u.total_tokens),
-                self.gateway.inner.router.clock().now(),
-            );
+        m.tokens_in.inc_by(u64::from(u.prompt_tokens));
+        m.tokens_out.inc_by(u64::from(u.completion_tokens));
+        let principal = self.admission.as_ref().map(|a| &a.principal);
+        match principal {
+            Some(super::auth::Principal::Key(k)) => {
+                self.metrics
+                    .cost
+                    .get_or_create(&CostLabels {
+                        model_group: by.model_group.clone(),
+                        key_alias: self.key_alias_label(),
+                    })
+                    .inc_by(u.cost_usd);
+                k.charge(u.cost_usd, self.gateway.inner.router.clock().wall());
+                self.gateway.inner.router.limiter().add_tokens(
+                    &key_subject(&k.record.token_hash),
+                    u64::from(u.total_tokens),
+                    self.gateway.inner.router.clock().now(),
+                );
+            }
+            _ => {
+                m.cost_master.inc_by(u.cost_usd);
+            }
         }
         self.spend(Some(by), &u, 200, None);
     }

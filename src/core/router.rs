@@ -19,10 +19,11 @@ use std::time::{Duration, SystemTime};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use super::cost::TokenPrice;
 use super::error::{Error, ErrorKind};
 use super::limiter::{Limited, Limits, RateLimiter, Slot};
 use crate::config::{DeploymentConfig, RouterSettings, RoutingStrategy};
-use crate::metrics::{DeploymentLabels, Metrics};
+use crate::metrics::{DeploymentLabels, DoorMetrics, Metrics};
 use crate::providers::Provider;
 
 /// The router's source of "now" for cooldowns and limits.
@@ -92,6 +93,10 @@ pub struct Deployment {
     pub config: DeploymentConfig,
     pub(crate) provider: Provider,
     pub(crate) index: usize,
+    /// Token prices, resolved once at startup (`None`: free or unknown).
+    pub price: Option<TokenPrice>,
+    /// Metric handles of this deployment, per door (labels resolved once, not per request).
+    pub(crate) metrics: Option<Arc<[DoorMetrics; 2]>>,
     in_flight: Arc<AtomicU32>,
     health: Mutex<Health>,
     /// Exponentially weighted latency of successful calls, in milliseconds.
@@ -104,6 +109,8 @@ impl Deployment {
             config,
             provider,
             index,
+            price: None,
+            metrics: None,
             in_flight: Arc::new(AtomicU32::new(0)),
             health: Mutex::new(Health::default()),
             latency_ms: Mutex::new(None),
@@ -121,6 +128,20 @@ impl Deployment {
     /// The time its cooldown ends, if it is cooling down at `now`.
     pub fn cooling_until(&self, now: Instant) -> Option<Instant> {
         self.health.lock().cooldown_until.filter(|u| *u > now)
+    }
+
+    /// USD for `usage` on this deployment.
+    pub fn cost(&self, usage: &super::types::Usage) -> f64 {
+        self.price.map_or(0.0, |p| p.cost(usage))
+    }
+
+    /// The metric handles for requests through `door`.
+    pub(crate) fn door_metrics(&self, door: super::Door) -> Option<&DoorMetrics> {
+        let m = self.metrics.as_ref()?;
+        Some(match door {
+            super::Door::Http => &m[0],
+            super::Door::Grpc => &m[1],
+        })
     }
 
     pub fn in_flight(&self) -> u32 {

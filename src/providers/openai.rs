@@ -67,9 +67,10 @@ const AZURE_API_VERSION: &str = "2024-10-21";
 #[derive(Debug)]
 pub struct OpenAiProvider {
     up: Upstream,
-    chat_url: String,
-    embeddings_url: String,
-    images_url: String,
+    /// Parsed once: parsing (IDNA included) on every request shows in profiles.
+    chat_url: Result<reqwest::Url, String>,
+    embeddings_url: Result<reqwest::Url, String>,
+    images_url: Result<reqwest::Url, String>,
     auth: Auth,
     max_field: MaxTokensField,
 }
@@ -108,18 +109,25 @@ impl OpenAiProvider {
                 format!("{base}/images/generations"),
             ),
         };
+        let parse = |u: String| reqwest::Url::parse(&u).map_err(|e| format!("{u}: {e}"));
         OpenAiProvider {
-            chat_url,
-            embeddings_url,
-            images_url,
+            chat_url: parse(chat_url),
+            embeddings_url: parse(embeddings_url),
+            images_url: parse(images_url),
             auth: p.auth,
             max_field: p.max_field,
             up,
         }
     }
 
-    fn post(&self, url: &str) -> Result<reqwest::RequestBuilder, Error> {
-        let mut b = self.up.client.post(url);
+    fn post(&self, url: &Result<reqwest::Url, String>) -> Result<reqwest::RequestBuilder, Error> {
+        let url = url.as_ref().map_err(|e| {
+            Error::new(
+                crate::core::error::ErrorKind::Config,
+                format!("the provider URL is not valid: {e}"),
+            )
+        })?;
+        let mut b = self.up.client.post(url.clone());
         if let Some(key) = self.up.key()? {
             b = match self.auth {
                 Auth::Bearer => b.bearer_auth(key.expose()),
