@@ -10,8 +10,11 @@ pub fn init() {
     let json = std::env::var("AI_API_LOG_FORMAT")
         .map(|v| v.eq_ignore_ascii_case("json"))
         .unwrap_or(false);
+    // Colours only for a person at a terminal: escape codes cost time on every line.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _already_set = if json {
         builder

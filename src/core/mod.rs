@@ -239,6 +239,8 @@ impl Gateway {
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("ai-api/", env!("CARGO_PKG_VERSION")))
+            // Providers are called directly; proxy variables are not consulted per request.
+            .no_proxy()
             .build()
             .map_err(|e| Error::internal(format!("cannot build the HTTP client: {e}")))?;
         let created = types::unix_now();
