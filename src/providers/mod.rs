@@ -246,7 +246,8 @@ pub(crate) trait ProviderApi {
 /// A deployment's provider, ready to call.
 #[derive(Debug)]
 pub enum Provider {
-    OpenAi(openai::OpenAiProvider),
+    /// Boxed: its prepared URLs make it much larger than the other variants.
+    OpenAi(Box<openai::OpenAiProvider>),
     Anthropic(anthropic::AnthropicProvider),
     Gemini(gemini::GeminiProvider),
     Mock(mock::MockProvider),
@@ -273,7 +274,9 @@ impl Provider {
             | ProviderKind::FireworksAi
             | ProviderKind::Ollama
             | ProviderKind::HostedVllm
-            | ProviderKind::LmStudio => Provider::OpenAi(openai::OpenAiProvider::new(ctx)),
+            | ProviderKind::LmStudio => {
+                Provider::OpenAi(Box::new(openai::OpenAiProvider::new(ctx)))
+            }
         }
     }
 
