@@ -97,10 +97,11 @@ pub async fn serve(
             max_body_bytes: config.max_request_size_bytes,
         },
     );
-    let routes = crate::grpc::routes(gateway, config.max_request_size_bytes)
-        .await
-        .map_err(|e| ServeError::Start(e.to_string()))?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (routes, health_task) =
+        crate::grpc::routes(gateway, config.max_request_size_bytes, stop_rx.clone())
+            .await
+            .map_err(|e| ServeError::Start(e.to_string()))?;
 
     // No Nagle delay: every SSE chunk goes out as soon as it is written.
     let http = http.tap_io(|tcp| {
@@ -150,6 +151,7 @@ pub async fn serve(
         Err(e) => tracing::error!("spend records not all written at shutdown: {e}"),
     }
     let _ = spend_task.await;
+    let _ = health_task.await;
     store.close().await;
     result
 }

@@ -447,3 +447,59 @@ async fn the_grpc_door_reports_routing_in_metadata() {
         "1"
     );
 }
+
+#[tokio::test]
+async fn grpc_health_reports_a_group_whose_deployments_all_cool_down() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let (a, b) = (FakeOpenAi::start().await, FakeOpenAi::start().await);
+    let clock = Arc::new(ManualClock::default());
+    let yaml = config(
+        &[deployment("a", &a, ""), deployment("b", &b, "")],
+        "  fallbacks: [{a: [b]}]\n  allowed_fails: 0\n  cooldown_time: 60\n",
+    );
+    let gw = start_with(&yaml, &[], "/ai-api", clock.clone()).await;
+    let channel = tonic::transport::Channel::from_shared(gw.grpc_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let status = |service: &'static str| {
+        let mut h = health.clone();
+        async move {
+            h.check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .map(|r| r.into_inner().status)
+        }
+    };
+    a.fail_next(1, 503);
+    assert_eq!(chat(&gw, "a", json!({})).await.status(), 200);
+    // The watcher runs twice a second: wait (bounded) for it to see the cooldown.
+    let mut seen = None;
+    for _ in 0..40 {
+        seen = status("ai_api.v1.AiApiService/a").await.ok();
+        if seen == Some(ServingStatus::NotServing as i32) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, Some(ServingStatus::NotServing as i32));
+    assert_eq!(
+        status("ai_api.v1.AiApiService/b").await.unwrap(),
+        ServingStatus::Serving as i32
+    );
+    assert_eq!(
+        status("ai_api.v1.AiApiService").await.unwrap(),
+        ServingStatus::Serving as i32
+    );
+    let _ = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+}

@@ -314,6 +314,11 @@ impl Gateway {
         self.inner.router.cooldowns()
     }
 
+    /// Each model group: (name, deployments, deployments cooling down now).
+    pub fn group_health(&self) -> Vec<(String, usize, usize)> {
+        self.inner.router.group_health()
+    }
+
     /// Whether a master key guards the gateway.
     pub fn auth_required(&self) -> bool {
         self.inner.auth.master_configured()

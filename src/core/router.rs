@@ -329,6 +329,25 @@ impl Router {
         out
     }
 
+    /// Each group with how many deployments it has and how many are cooling down now.
+    pub fn group_health(&self) -> Vec<(String, usize, usize)> {
+        let now = self.clock.now();
+        let mut out: Vec<_> = self
+            .groups
+            .values()
+            .map(|g| {
+                let cooling = g
+                    .deployments
+                    .iter()
+                    .filter(|d| d.cooling_until(now).is_some())
+                    .count();
+                (g.name.clone(), g.deployments.len(), cooling)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     fn has_fallback(&self, group: &str) -> bool {
         self.settings
             .fallbacks

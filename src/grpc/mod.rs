@@ -18,8 +18,10 @@ use pb::ai_api_service_server::AiApiServiceServer;
 pub async fn routes(
     gateway: Gateway,
     max_message_bytes: usize,
-) -> Result<Routes, Box<dyn std::error::Error + Send + Sync>> {
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(Routes, tokio::task::JoinHandle<()>), Box<dyn std::error::Error + Send + Sync>> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
+    let watcher = tokio::spawn(watch_health(gateway.clone(), health_reporter.clone(), stop));
     health_reporter
         .set_serving::<AiApiServiceServer<service::AiApi>>()
         .await;
@@ -45,5 +47,55 @@ pub async fn routes(
         .add_service(reflection_v1alpha)
         .add_service(api)
         .add_service(admin);
-    Ok(routes.routes())
+    Ok((routes.routes(), watcher))
+}
+
+/// The health name of one model group: `ai_api.v1.AiApiService/<model_name>`.
+pub fn group_health_name(group: &str) -> String {
+    format!("{}/{group}", API_SERVICE)
+}
+
+const API_SERVICE: &str = "ai_api.v1.AiApiService";
+
+/// Keeps gRPC health in step with the router, twice a second until `stop`: each model group
+/// (`ai_api.v1.AiApiService/<model_name>`) is NOT_SERVING while every one of its deployments
+/// is cooling down, and the service as a whole while every group is.
+async fn watch_health(
+    gateway: Gateway,
+    reporter: tonic_health::server::HealthReporter,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use tonic_health::ServingStatus;
+    let mut last: Vec<(String, bool)> = Vec::new();
+    loop {
+        let groups = gateway.group_health();
+        let now: Vec<(String, bool)> = groups
+            .iter()
+            .map(|(name, total, cooling)| (name.clone(), cooling < total))
+            .collect();
+        if now != last {
+            for (name, up) in &now {
+                let status = if *up {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
+                reporter
+                    .set_service_status(group_health_name(name), status)
+                    .await;
+            }
+            let any_up = now.is_empty() || now.iter().any(|(_, up)| *up);
+            let status = if any_up {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            reporter.set_service_status(API_SERVICE, status).await;
+            last = now;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            r = stop.wait_for(|s| *s) => { let _ = r; return; }
+        }
+    }
 }
