@@ -6,6 +6,7 @@ COPY proto proto
 COPY src src
 COPY config config
 COPY data data
+COPY migrations migrations
 RUN cargo build --release --locked && strip target/release/ai-api
 
 # Run: a small non-root image with CA certificates for the providers' TLS.

@@ -675,27 +675,7 @@ fn streamed(r: pb::ChatRequest) -> pb::StreamChatRequest {
 }
 
 fn to_struct(v: &Value) -> prost_types::Struct {
-    let Value::Object(m) = v else {
-        panic!("not an object: {v}")
-    };
-    prost_types::Struct {
-        fields: m.iter().map(|(k, v)| (k.clone(), to_value(v))).collect(),
-    }
-}
-
-fn to_value(v: &Value) -> prost_types::Value {
-    use prost_types::value::Kind;
-    let kind = match v {
-        Value::Null => Kind::NullValue(0),
-        Value::Bool(b) => Kind::BoolValue(*b),
-        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap()),
-        Value::String(s) => Kind::StringValue(s.clone()),
-        Value::Array(a) => Kind::ListValue(prost_types::ListValue {
-            values: a.iter().map(to_value).collect(),
-        }),
-        Value::Object(_) => Kind::StructValue(to_struct(v)),
-    };
-    prost_types::Value { kind: Some(kind) }
+    ai_api::grpc::convert::json_to_struct(v).unwrap_or_else(|| panic!("not an object: {v}"))
 }
 
 fn pb_msg(role: &str, content: &str) -> pb::ChatMessage {
