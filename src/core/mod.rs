@@ -129,23 +129,37 @@ fn key_subject(token_hash: &str) -> String {
 /// Where an answer came from: what the doors put in response headers / metadata.
 #[derive(Debug, Clone)]
 pub struct ServedBy {
-    /// The group that served the answer (after a fallback, the fallback's).
-    pub model_group: String,
-    pub deployment_id: String,
-    pub api_base: Option<String>,
     pub cost_usd: f64,
     pub attempted_retries: u32,
     pub attempted_fallbacks: u32,
     pub started: Instant,
     /// Time spent waiting on providers up to the answer (or the first chunk).
     pub upstream: Duration,
-    /// The provider's model name.
-    pub provider_model: String,
-    /// The deployment that answered.
+    /// The deployment that answered; its group is the one that served the answer (after a
+    /// fallback, the fallback's).
     pub deployment: Arc<Deployment>,
 }
 
 impl ServedBy {
+    /// The model group that served the answer.
+    pub fn model_group(&self) -> &str {
+        &self.deployment.config.model_name
+    }
+
+    /// The deployment's id (`model_info.id`).
+    pub fn deployment_id(&self) -> &str {
+        &self.deployment.config.id
+    }
+
+    pub fn api_base(&self) -> Option<&str> {
+        self.deployment.config.api_base.as_deref()
+    }
+
+    /// The provider's model name.
+    pub fn provider_model(&self) -> &str {
+        &self.deployment.config.upstream_model
+    }
+
     /// The gateway's own time so far: everything but the providers'.
     pub fn overhead(&self) -> Duration {
         self.started.elapsed().saturating_sub(self.upstream)
@@ -319,11 +333,6 @@ impl Gateway {
         self.inner.router.group_health()
     }
 
-    /// Whether a master key guards the gateway.
-    pub fn auth_required(&self) -> bool {
-        self.inner.auth.master_configured()
-    }
-
     /// Who the client is (the master key, a generated key, or anyone when no master key is
     /// configured). Doors call it first, so a bad key is a 401 before a bad body is a 400;
     /// they keep the answer in `ctx.principal` so it is not checked twice.
@@ -418,15 +427,11 @@ impl Gateway {
 
     fn served_by<T>(&self, r: &Routed<T>, started: Instant, cost: f64) -> ServedBy {
         ServedBy {
-            model_group: r.group.clone(),
-            deployment_id: r.deployment.config.id.clone(),
-            api_base: r.deployment.config.api_base.clone(),
             cost_usd: cost,
             attempted_retries: r.attempted_retries,
             attempted_fallbacks: r.attempted_fallbacks,
             started,
             upstream: r.upstream,
-            provider_model: r.deployment.config.upstream_model.clone(),
             deployment: r.deployment.clone(),
         }
     }
@@ -527,11 +532,11 @@ impl Gateway {
                 Self::bounded(ctx.deadline, timeout, d.provider.chat(req)).await
             })
             .await?;
-        let mut cost = 0.0;
+        let mut by = self.served_by(&routed, started, 0.0);
         let mut resp = routed.value;
         if let Some(u) = resp.usage.as_mut() {
             u.cost_usd = routed.deployment.cost(u);
-            cost = u.cost_usd;
+            by.cost_usd = u.cost_usd;
             self.inner
                 .router
                 .add_tokens(&routed.deployment, u64::from(u.total_tokens));
@@ -539,18 +544,6 @@ impl Gateway {
         if self.inner.log_raw {
             tracing::info!(target: "ai_api::raw", request_id = %ctx.request_id, response = ?resp, "response");
         }
-        let by = ServedBy {
-            model_group: routed.group,
-            deployment_id: routed.deployment.config.id.clone(),
-            api_base: routed.deployment.config.api_base.clone(),
-            cost_usd: cost,
-            attempted_retries: routed.attempted_retries,
-            attempted_fallbacks: routed.attempted_fallbacks,
-            started,
-            upstream: routed.upstream,
-            provider_model: routed.deployment.config.upstream_model.clone(),
-            deployment: routed.deployment.clone(),
-        };
         Ok(Served { value: resp, by })
     }
 

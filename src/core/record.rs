@@ -91,9 +91,13 @@ impl RequestRecord {
             time: self.time,
             key_hash: principal.and_then(|p| p.key_hash()).map(str::to_string),
             key_alias: principal.and_then(|p| p.key_alias()).map(str::to_string),
-            model_group: by.map_or_else(|| self.model.clone(), |b| b.model_group.clone()),
-            deployment_id: by.map(|b| b.deployment_id.clone()).unwrap_or_default(),
-            provider_model: by.map(|b| b.provider_model.clone()).unwrap_or_default(),
+            model_group: by.map_or_else(|| self.model.clone(), |b| b.model_group().to_string()),
+            deployment_id: by
+                .map(|b| b.deployment_id().to_string())
+                .unwrap_or_default(),
+            provider_model: by
+                .map(|b| b.provider_model().to_string())
+                .unwrap_or_default(),
             prompt_tokens: u64::from(usage.prompt_tokens),
             completion_tokens: u64::from(usage.completion_tokens),
             cost_usd: usage.cost_usd,
@@ -110,10 +114,11 @@ impl RequestRecord {
     fn handles(&self, by: &ServedBy) -> DoorMetrics {
         match by.deployment.door_metrics(self.door) {
             Some(m) => m.clone(),
-            None => {
-                self.metrics
-                    .for_deployment(self.door.as_str(), &by.model_group, &by.deployment_id)
-            }
+            None => self.metrics.for_deployment(
+                self.door.as_str(),
+                by.model_group(),
+                by.deployment_id(),
+            ),
         }
     }
 
@@ -134,8 +139,8 @@ impl RequestRecord {
             request_id = %self.request_id,
             door = self.door.as_str(),
             model = %self.model,
-            model_group = %by.model_group,
-            deployment = %by.deployment_id,
+            model_group = %by.model_group(),
+            deployment = %by.deployment_id(),
             status = 200u16,
             latency_ms = latency.as_millis() as u64,
             overhead_us = by.overhead().as_micros() as u64,
@@ -164,7 +169,7 @@ impl RequestRecord {
                 self.metrics
                     .cost
                     .get_or_create(&CostLabels {
-                        model_group: by.model_group.clone(),
+                        model_group: by.model_group().to_string(),
                         key_alias: self.key_alias_label(),
                     })
                     .inc_by(u.cost_usd);
@@ -189,7 +194,7 @@ impl RequestRecord {
     pub(crate) fn finish_err_at(&self, e: &Error, by: Option<&ServedBy>) {
         let status = e.http_status().as_u16();
         let (group, deployment) = match by {
-            Some(b) => (b.model_group.as_str(), b.deployment_id.as_str()),
+            Some(b) => (b.model_group(), b.deployment_id()),
             None => (self.model.as_str(), ""),
         };
         tracing::info!(

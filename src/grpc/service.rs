@@ -77,8 +77,8 @@ fn respond<T>(msg: T, request_id: &str, by: Option<&ServedBy>) -> Response<T> {
     let md = resp.metadata_mut();
     put(md, "x-request-id", request_id.to_string());
     if let Some(by) = by {
-        put(md, "x-litellm-model-group", by.model_group.clone());
-        put(md, "x-litellm-model-id", by.deployment_id.clone());
+        put(md, "x-litellm-model-group", by.model_group().to_string());
+        put(md, "x-litellm-model-id", by.deployment_id().to_string());
         put(
             md,
             "x-litellm-attempted-retries",
@@ -90,8 +90,8 @@ fn respond<T>(msg: T, request_id: &str, by: Option<&ServedBy>) -> Response<T> {
             by.attempted_fallbacks.to_string(),
         );
         put(md, "x-litellm-response-cost", by.cost_usd.to_string());
-        if let Some(base) = &by.api_base {
-            put(md, "x-litellm-model-api-base", base.clone());
+        if let Some(base) = by.api_base() {
+            put(md, "x-litellm-model-api-base", base.to_string());
         }
         put(
             md,

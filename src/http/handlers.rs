@@ -52,10 +52,10 @@ fn served_headers(by: &ServedBy, cost: Option<f64>) -> HeaderMap {
             h.insert(HeaderName::from_static(name), v);
         }
     };
-    put("x-litellm-model-group", by.model_group.clone());
-    put("x-litellm-model-id", by.deployment_id.clone());
-    if let Some(base) = &by.api_base {
-        put("x-litellm-model-api-base", base.clone());
+    put("x-litellm-model-group", by.model_group().to_string());
+    put("x-litellm-model-id", by.deployment_id().to_string());
+    if let Some(base) = by.api_base() {
+        put("x-litellm-model-api-base", base.to_string());
     }
     put(
         "x-litellm-attempted-retries",
