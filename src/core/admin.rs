@@ -2,11 +2,12 @@
 //! store first, then the auth cache, so a change takes effect at once) and spend reports. Master
 //! key only; a generated key gets 403.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::auth::Principal;
 use super::error::{Error, ErrorKind};
 use super::{Gateway, RequestContext};
+use crate::store::clock::day_start;
 use crate::store::{
     GroupBy, KeyPatch, KeyQuery, KeyRecord, NewKey, ReportRow, SpendLogFilter, SpendRecord,
     StoreError, token_hash_of,
@@ -17,6 +18,43 @@ use crate::store::{
 pub struct KeyView {
     pub record: KeyRecord,
     pub spend: f64,
+}
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// A date filter as both doors take it: `YYYY-MM-DD` (longer ISO strings are cut to the date),
+/// inclusive bounds, as `[start, end)`. Empty means unbounded.
+pub fn day_range(
+    start_date: Option<&str>,
+    end_date: Option<&str>,
+) -> Result<(Option<SystemTime>, Option<SystemTime>), Error> {
+    let parse = |name: &str, v: Option<&str>| -> Result<Option<SystemTime>, Error> {
+        match v.map(str::trim).filter(|s| !s.is_empty()) {
+            None => Ok(None),
+            Some(s) => day_start(s.get(..10).unwrap_or(s))
+                .map(Some)
+                .ok_or_else(|| {
+                    Error::bad_request(format!("{name} must be a date, YYYY-MM-DD"))
+                        .with_param(name)
+                }),
+        }
+    };
+    let start = parse("start_date", start_date)?;
+    let end = parse("end_date", end_date)?.map(|d| d + DAY);
+    Ok((start, end))
+}
+
+/// `key`/`api_key`, `model`/`model_group`, or `day`/`date` (default `day`).
+pub fn parse_group_by(s: Option<&str>) -> Result<GroupBy, Error> {
+    match s.map(str::trim).filter(|s| !s.is_empty()).unwrap_or("day") {
+        "key" | "api_key" => Ok(GroupBy::Key),
+        "model" | "model_group" => Ok(GroupBy::Model),
+        "day" | "date" => Ok(GroupBy::Day),
+        other => Err(Error::bad_request(format!(
+            "group_by {other:?} is not one of key, model, day"
+        ))
+        .with_param("group_by")),
+    }
 }
 
 fn store_error(e: StoreError) -> Error {
@@ -138,14 +176,18 @@ impl Gateway {
         store.spend_logs(&filter).await.map_err(store_error)
     }
 
+    /// Spend grouped by key, model or day; an open range runs from the start of time to the
+    /// end of today.
     pub async fn spend_report(
         &self,
         ctx: &RequestContext,
         group_by: GroupBy,
-        start: SystemTime,
-        end: SystemTime,
+        start: Option<SystemTime>,
+        end: Option<SystemTime>,
     ) -> Result<Vec<ReportRow>, Error> {
         let store = self.require_master(ctx)?;
+        let start = start.unwrap_or(SystemTime::UNIX_EPOCH);
+        let end = end.unwrap_or_else(|| SystemTime::now() + DAY);
         store
             .spend_report(group_by, start, end)
             .await

@@ -246,10 +246,6 @@ impl Auth {
         self.store.as_ref()
     }
 
-    pub fn master_configured(&self) -> bool {
-        self.master.is_some()
-    }
-
     /// Who presents `key`.
     pub fn authenticate(&self, key: Option<&str>, now: SystemTime) -> Result<Principal, Error> {
         let Some(master) = &self.master else {

@@ -137,8 +137,9 @@ impl PriceTable {
         })
     }
 
-    /// USD for the tokens of a chat or embeddings call on `d` (resolving its price each time:
-    /// the hot path keeps a [`TokenPrice`] per deployment instead).
+    /// USD for the tokens of a call on `d`, resolving its price each time (tests; the request
+    /// path keeps a [`TokenPrice`] per deployment instead).
+    #[cfg(test)]
     pub fn token_cost(&self, d: &DeploymentConfig, usage: &Usage) -> f64 {
         self.token_price(d).map_or(0.0, |p| p.cost(usage))
     }

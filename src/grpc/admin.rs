@@ -1,7 +1,7 @@
 //! `ai_api.v1.AdminService`: the same key and spend operations as the HTTP door's
 //! `/key/*` and `/spend/*`, through the same core methods (master key only).
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use tonic::{Request, Response, Status};
 
@@ -10,10 +10,8 @@ use super::pb;
 use super::pb::admin_service_server::AdminService;
 use super::service::context;
 use crate::core::Gateway;
-use crate::core::admin::KeyView;
-use crate::core::error::Error;
-use crate::http::admin::parse_group_by;
-use crate::store::clock::{day_start, to_unix_ms};
+use crate::core::admin::{KeyView, day_range, parse_group_by};
+use crate::store::clock::to_unix_ms;
 use crate::store::{KeyPatch, NewKey, SpendLogFilter, SpendRecord};
 
 #[derive(Debug, Clone)]
@@ -141,17 +139,6 @@ impl From<&SpendRecord> for pb::SpendLog {
     }
 }
 
-fn day(name: &str, s: &str) -> Result<Option<SystemTime>, Error> {
-    if s.is_empty() {
-        return Ok(None);
-    }
-    day_start(s)
-        .map(Some)
-        .ok_or_else(|| Error::bad_request(format!("{name} must be YYYY-MM-DD")).with_param(name))
-}
-
-const DAY: Duration = Duration::from_secs(86_400);
-
 #[tonic::async_trait]
 impl AdminService for Admin {
     async fn generate_key(
@@ -230,9 +217,10 @@ impl AdminService for Admin {
             request_id,
             limit,
         } = request.into_inner();
+        let (start_date, end_date) = day_range(Some(&start_date), Some(&end_date))?;
         let filter = SpendLogFilter {
-            start_date: day("start_date", &start_date)?,
-            end_date: day("end_date", &end_date)?.map(|d| d + DAY),
+            start_date,
+            end_date,
             key_hash: opt(api_key),
             request_id: opt(request_id),
             limit,
@@ -253,11 +241,8 @@ impl AdminService for Admin {
             start_date,
             end_date,
         } = request.into_inner();
-        let group_by = parse_group_by(opt(group_by).as_deref())?;
-        let start = day("start_date", &start_date)?.unwrap_or(SystemTime::UNIX_EPOCH);
-        let end = day("end_date", &end_date)?
-            .map(|d| d + DAY)
-            .unwrap_or_else(|| SystemTime::now() + DAY);
+        let group_by = parse_group_by(Some(&group_by))?;
+        let (start, end) = day_range(Some(&start_date), Some(&end_date))?;
         let rows = self
             .gateway
             .spend_report(&ctx, group_by, start, end)

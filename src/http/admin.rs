@@ -4,7 +4,7 @@
 //! decides. Handlers parse, call the core, and shape LiteLLM's JSON.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use axum::Json;
 use axum::extract::{Query, State};
@@ -15,10 +15,10 @@ use serde_json::{Value, json};
 use super::error::{Body, HttpError, parse_json};
 use super::handlers::context;
 use crate::core::Gateway;
-use crate::core::admin::KeyView;
+use crate::core::admin::{KeyView, day_range, parse_group_by};
 use crate::core::error::Error;
-use crate::store::clock::{day_start, format_day, to_unix_ms};
-use crate::store::{GroupBy, KeyPatch, NewKey, SpendLogFilter, SpendRecord};
+use crate::store::clock::{format_day, to_unix_ms};
+use crate::store::{KeyPatch, NewKey, SpendLogFilter, SpendRecord};
 
 /// `2026-11-23T10:11:12Z`.
 pub fn iso8601(t: SystemTime) -> String {
@@ -160,24 +160,14 @@ pub async fn list(
     })))
 }
 
-/// `YYYY-MM-DD` bounds, inclusive, as `[start, end)`.
+/// The `start_date` / `end_date` query parameters.
 fn date_range(
     q: &HashMap<String, String>,
 ) -> Result<(Option<SystemTime>, Option<SystemTime>), Error> {
-    let parse = |name: &str| -> Result<Option<SystemTime>, Error> {
-        match q.get(name).map(|s| s.trim()).filter(|s| !s.is_empty()) {
-            None => Ok(None),
-            Some(s) => day_start(s.get(..10).unwrap_or(s))
-                .map(Some)
-                .ok_or_else(|| {
-                    Error::bad_request(format!("{name} must be a date, YYYY-MM-DD"))
-                        .with_param(name)
-                }),
-        }
-    };
-    let start = parse("start_date")?;
-    let end = parse("end_date")?.map(|d| d + Duration::from_secs(86_400));
-    Ok((start, end))
+    day_range(
+        q.get("start_date").map(String::as_str),
+        q.get("end_date").map(String::as_str),
+    )
 }
 
 fn spend_json(r: &SpendRecord) -> Value {
@@ -237,8 +227,6 @@ pub async fn spend_report(
     gw.authorize(&ctx)?;
     let group_by = parse_group_by(q.get("group_by").map(String::as_str))?;
     let (start, end) = date_range(&q)?;
-    let start = start.unwrap_or(SystemTime::UNIX_EPOCH);
-    let end = end.unwrap_or_else(|| SystemTime::now() + Duration::from_secs(86_400));
     let rows = gw.spend_report(&ctx, group_by, start, end).await?;
     Ok(Json(
         rows.iter()
@@ -253,17 +241,4 @@ pub async fn spend_report(
             })
             .collect(),
     ))
-}
-
-/// `key`/`api_key`, `model`, or `day`/`date` (default `day`).
-pub fn parse_group_by(s: Option<&str>) -> Result<GroupBy, Error> {
-    match s.unwrap_or("day") {
-        "key" | "api_key" => Ok(GroupBy::Key),
-        "model" | "model_group" => Ok(GroupBy::Model),
-        "day" | "date" => Ok(GroupBy::Day),
-        other => Err(Error::bad_request(format!(
-            "group_by {other:?} is not one of key, model, day"
-        ))
-        .with_param("group_by")),
-    }
 }
