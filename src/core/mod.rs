@@ -164,6 +164,39 @@ impl ServedBy {
     pub fn overhead(&self) -> Duration {
         self.started.elapsed().saturating_sub(self.upstream)
     }
+
+    /// LiteLLM's `x-litellm-*` response headers (HTTP headers, gRPC metadata), so existing
+    /// dashboards keep working; the cost only where it is known when the headers leave.
+    pub fn write_headers(&self, cost: Option<f64>, h: &mut http::HeaderMap) {
+        use http::{HeaderName, HeaderValue};
+        for (name, value) in &self.deployment.identity_headers {
+            h.insert(name.clone(), value.clone());
+        }
+        let mut put = |name: &'static str, value: HeaderValue| {
+            h.insert(HeaderName::from_static(name), value);
+        };
+        put(
+            "x-litellm-attempted-retries",
+            HeaderValue::from(self.attempted_retries),
+        );
+        put(
+            "x-litellm-attempted-fallbacks",
+            HeaderValue::from(self.attempted_fallbacks),
+        );
+        let ms = |d: Duration| format!("{:.3}", d.as_secs_f64() * 1000.0);
+        let formatted = [
+            ("x-litellm-response-duration-ms", ms(self.started.elapsed())),
+            ("x-litellm-overhead-duration-ms", ms(self.overhead())),
+        ];
+        for (name, value) in formatted {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                put(name, v);
+            }
+        }
+        if let Some(v) = cost.and_then(|c| HeaderValue::from_str(&c.to_string()).ok()) {
+            put("x-litellm-response-cost", v);
+        }
+    }
 }
 
 /// An answer and where it came from.
@@ -248,14 +281,7 @@ impl Gateway {
         let auth = Auth::load(config.master_key.clone(), deps.store.clone())
             .await
             .map_err(|e| Error::internal(format!("cannot load the keys from the database: {e}")))?;
-        let client = reqwest::Client::builder()
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("ai-api/", env!("CARGO_PKG_VERSION")))
-            // Providers are called directly; proxy variables are not consulted per request.
-            .no_proxy()
-            .build()
+        let client = crate::providers::http::HttpClient::new()
             .map_err(|e| Error::internal(format!("cannot build the HTTP client: {e}")))?;
         let created = types::unix_now();
         let metrics = Arc::new(Metrics::new());

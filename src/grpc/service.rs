@@ -70,40 +70,18 @@ fn put(md: &mut MetadataMap, key: &'static str, value: String) {
     }
 }
 
-/// Response metadata: the request id, and where the answer came from (as the HTTP door's
-/// `x-litellm-*` headers).
+/// Response metadata: the request id, and where the answer came from (the HTTP door's
+/// `x-litellm-*` headers, from the same core function).
 fn respond<T>(msg: T, request_id: &str, by: Option<&ServedBy>) -> Response<T> {
-    let mut resp = Response::new(msg);
-    let md = resp.metadata_mut();
-    put(md, "x-request-id", request_id.to_string());
-    if let Some(by) = by {
-        put(md, "x-litellm-model-group", by.model_group().to_string());
-        put(md, "x-litellm-model-id", by.deployment_id().to_string());
-        put(
-            md,
-            "x-litellm-attempted-retries",
-            by.attempted_retries.to_string(),
-        );
-        put(
-            md,
-            "x-litellm-attempted-fallbacks",
-            by.attempted_fallbacks.to_string(),
-        );
-        put(md, "x-litellm-response-cost", by.cost_usd.to_string());
-        if let Some(base) = by.api_base() {
-            put(md, "x-litellm-model-api-base", base.to_string());
-        }
-        put(
-            md,
-            "x-litellm-response-duration-ms",
-            format!("{:.3}", by.started.elapsed().as_secs_f64() * 1000.0),
-        );
-        put(
-            md,
-            "x-litellm-overhead-duration-ms",
-            format!("{:.3}", by.overhead().as_secs_f64() * 1000.0),
-        );
+    let mut headers = http::HeaderMap::with_capacity(9);
+    if let Ok(v) = http::HeaderValue::from_str(request_id) {
+        headers.insert("x-request-id", v);
     }
+    if let Some(by) = by {
+        by.write_headers(Some(by.cost_usd), &mut headers);
+    }
+    let mut resp = Response::new(msg);
+    *resp.metadata_mut() = MetadataMap::from_headers(headers);
     resp
 }
 

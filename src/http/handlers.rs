@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::error::{Body, HttpError, parse_json};
@@ -44,34 +44,10 @@ pub(crate) fn context(headers: &HeaderMap) -> RequestContext {
     RequestContext::new(Door::Http, request_id, key)
 }
 
-/// LiteLLM's response headers, so existing dashboards keep working.
+/// Where the answer came from, as LiteLLM's `x-litellm-*` headers.
 fn served_headers(by: &ServedBy, cost: Option<f64>) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    let mut put = |name: &'static str, value: String| {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            h.insert(HeaderName::from_static(name), v);
-        }
-    };
-    put("x-litellm-model-group", by.model_group().to_string());
-    put("x-litellm-model-id", by.deployment_id().to_string());
-    if let Some(base) = by.api_base() {
-        put("x-litellm-model-api-base", base.to_string());
-    }
-    put(
-        "x-litellm-attempted-retries",
-        by.attempted_retries.to_string(),
-    );
-    put(
-        "x-litellm-attempted-fallbacks",
-        by.attempted_fallbacks.to_string(),
-    );
-    put(
-        "x-litellm-response-duration-ms",
-        format!("{:.3}", by.started.elapsed().as_secs_f64() * 1000.0),
-    );
-    if let Some(cost) = cost {
-        put("x-litellm-response-cost", cost.to_string());
-    }
+    let mut h = HeaderMap::with_capacity(8);
+    by.write_headers(cost, &mut h);
     h
 }
 

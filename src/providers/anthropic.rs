@@ -24,7 +24,7 @@ use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::http::{Upstream, sse_events, stream_cut, upstream_error};
+use super::http::{Upstream, UpstreamRequest, parse_uri, sse_events, stream_cut, upstream_error};
 use super::{ChunkStream, ProviderApi};
 use crate::core::error::Error;
 use crate::core::types::{
@@ -57,23 +57,20 @@ const OPENAI_ONLY_PARAMS: [&str; 9] = [
 #[derive(Debug)]
 pub struct AnthropicProvider {
     up: Upstream,
-    url: String,
+    /// Parsed once, at startup.
+    url: Result<http::Uri, String>,
 }
 
 impl AnthropicProvider {
     pub fn new(up: Upstream) -> Self {
-        let url = messages_url(up.base(DEFAULT_API_BASE));
+        let url = parse_uri(messages_url(up.base(DEFAULT_API_BASE)));
         AnthropicProvider { up, url }
     }
 
-    fn post(&self) -> Result<reqwest::RequestBuilder, Error> {
-        let mut b = self
-            .up
-            .client
-            .post(&self.url)
-            .header("anthropic-version", API_VERSION);
+    fn post(&self) -> Result<UpstreamRequest, Error> {
+        let mut b = UpstreamRequest::post(&self.url)?.header("anthropic-version", API_VERSION)?;
         if let Some(key) = self.up.key()? {
-            b = b.header("x-api-key", key.expose());
+            b = b.key_header("x-api-key", key.expose())?;
         }
         Ok(b)
     }
@@ -1311,6 +1308,7 @@ where
 mod tests {
     use std::sync::Arc;
 
+    use crate::providers::http::HttpClient;
     use axum::Router;
     use axum::body::Bytes;
     use axum::extract::State;
@@ -2450,7 +2448,7 @@ mod tests {
         );
         let loaded = crate::config::load_str(&yaml, "t", &|_| None).unwrap();
         let d = &loaded.config.deployments[0];
-        AnthropicProvider::new(Upstream::new(d, reqwest::Client::new(), false))
+        AnthropicProvider::new(Upstream::new(d, HttpClient::new().unwrap(), false))
     }
 
     fn conversation() -> ChatRequest {

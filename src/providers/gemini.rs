@@ -25,7 +25,7 @@ use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::http::{Upstream, sse_events, stream_cut, upstream_error};
+use super::http::{Upstream, UpstreamRequest, parse_uri, sse_events, stream_cut, upstream_error};
 use super::{ChunkStream, ProviderApi};
 use crate::core::error::{Error, ErrorKind};
 use crate::core::types::{
@@ -42,8 +42,10 @@ pub struct GeminiProvider {
     upstream: Upstream,
     /// The model's resource name, `models/{model}` (or the configured `tunedModels/...`).
     resource: String,
-    /// `{api_base}/{resource}`; methods are appended as `:method`.
-    model_url: String,
+    /// `{api_base}/{resource}:{method}` for the three methods used, parsed once.
+    generate_url: Result<http::Uri, String>,
+    stream_url: Result<http::Uri, String>,
+    embed_url: Result<http::Uri, String>,
 }
 
 impl GeminiProvider {
@@ -57,10 +59,13 @@ impl GeminiProvider {
             format!("models/{model}")
         };
         let model_url = format!("{base}/{resource}");
+        let method = |m: &str| parse_uri(format!("{model_url}:{m}"));
         GeminiProvider {
+            generate_url: method("generateContent"),
+            stream_url: method("streamGenerateContent?alt=sse"),
+            embed_url: method("batchEmbedContents"),
             upstream,
             resource,
-            model_url,
         }
     }
 
@@ -74,13 +79,10 @@ impl GeminiProvider {
         )
     }
 
-    fn post(&self, method: &str) -> Result<reqwest::RequestBuilder, Error> {
-        let mut b = self
-            .upstream
-            .client
-            .post(format!("{}:{method}", self.model_url));
+    fn post(&self, url: &Result<http::Uri, String>) -> Result<UpstreamRequest, Error> {
+        let mut b = UpstreamRequest::post(url)?;
         if let Some(key) = self.upstream.key()? {
-            b = b.header("x-goog-api-key", key.expose());
+            b = b.key_header("x-goog-api-key", key.expose())?;
         }
         Ok(b)
     }
@@ -95,7 +97,7 @@ impl ProviderApi for GeminiProvider {
         let body = build_request(req)?;
         let resp = self
             .upstream
-            .send_json(self.post("generateContent")?, &body)
+            .send_json(self.post(&self.generate_url)?, &body)
             .await?;
         let wire: GenerateContentResponse = self.upstream.read_json(resp).await?;
         response_from_wire(wire, self.fallback_model())
@@ -105,7 +107,7 @@ impl ProviderApi for GeminiProvider {
         let body = build_request(req)?;
         let resp = self
             .upstream
-            .send_json(self.post("streamGenerateContent?alt=sse")?, &body)
+            .send_json(self.post(&self.stream_url)?, &body)
             .await?;
         Ok(translate_stream(
             sse_events(resp),
@@ -118,7 +120,7 @@ impl ProviderApi for GeminiProvider {
         let body = build_embed_request(req, &self.resource)?;
         let resp = self
             .upstream
-            .send_json(self.post("batchEmbedContents")?, &body)
+            .send_json(self.post(&self.embed_url)?, &body)
             .await?;
         let wire: BatchEmbedResponse = self.upstream.read_json(resp).await?;
         embeddings_from_wire(wire, req, self.fallback_model())
@@ -1471,6 +1473,7 @@ mod tests {
     use super::*;
     use crate::core::types::{ImageUrl, Tool};
     use crate::providers::ProviderKind;
+    use crate::providers::http::HttpClient;
 
     const TEXT: &str = include_str!("../../tests/fixtures/gemini/text.json");
     const FUNCTION_CALL: &str = include_str!("../../tests/fixtures/gemini/function_call.json");
@@ -2603,7 +2606,7 @@ mod tests {
         let loaded = crate::config::load_str(&yaml, "t", &|_| None).unwrap();
         let d = &loaded.config.deployments[0];
         assert_eq!(d.provider, ProviderKind::Gemini);
-        GeminiProvider::new(Upstream::new(d, reqwest::Client::new(), false))
+        GeminiProvider::new(Upstream::new(d, HttpClient::new().unwrap(), false))
     }
 
     /// Keys of a request body that are not camelCase (property names of schemas excepted).
@@ -2774,8 +2777,12 @@ mod tests {
     fn the_model_url_is_built_from_api_base_and_model() {
         let p = provider(8080);
         assert_eq!(
-            p.model_url,
-            "http://127.0.0.1:8080/v1beta/models/gemini-2.0-flash"
+            p.generate_url.as_ref().unwrap().to_string(),
+            "http://127.0.0.1:8080/v1beta/models/gemini-2.0-flash:generateContent"
+        );
+        assert_eq!(
+            p.stream_url.as_ref().unwrap().to_string(),
+            "http://127.0.0.1:8080/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse"
         );
         assert_eq!(p.resource, "models/gemini-2.0-flash");
     }

@@ -1,5 +1,5 @@
 //! What every HTTP provider shares: the deployment's call context over the gateway's one pooled
-//! `reqwest` client, mapping transport failures and provider error bodies to core errors (status
+//! client ([`HttpClient`]), mapping transport failures and provider error bodies to core errors (status
 //! and message kept, `retry-after` passed on), JSON decoding that calls garbage garbage, and SSE
 //! decoding (`eventsource-stream`) that reports a cut stream as an error.
 
@@ -8,8 +8,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use eventsource_stream::{Event, Eventsource};
 use futures_util::{Stream, StreamExt};
+use http_body_util::{BodyDataStream, BodyExt};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+
+use super::client::body_error;
+pub use super::client::{HttpClient, UpstreamRequest, UpstreamResponse, parse_uri};
 
 use crate::config::{DeploymentConfig, Secret};
 use crate::core::error::{Error, ErrorKind};
@@ -18,12 +22,12 @@ use crate::core::error::{Error, ErrorKind};
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pub deployment: DeploymentConfig,
-    pub client: reqwest::Client,
+    pub client: HttpClient,
     pub log_raw: bool,
 }
 
 impl Upstream {
-    pub fn new(deployment: &DeploymentConfig, client: reqwest::Client, log_raw: bool) -> Self {
+    pub fn new(deployment: &DeploymentConfig, client: HttpClient, log_raw: bool) -> Self {
         Upstream {
             deployment: deployment.clone(),
             client,
@@ -45,9 +49,9 @@ impl Upstream {
     /// kept). Transport failures become timeouts, unavailability or bad-gateway errors.
     pub async fn send_json(
         &self,
-        builder: reqwest::RequestBuilder,
+        call: UpstreamRequest,
         body: &impl serde::Serialize,
-    ) -> Result<reqwest::Response, Error> {
+    ) -> Result<UpstreamResponse, Error> {
         let bytes = serde_json::to_vec(body)
             .map_err(|e| Error::internal(format!("cannot encode the provider request: {e}")))?;
         if self.log_raw {
@@ -58,18 +62,13 @@ impl Upstream {
                 "upstream request"
             );
         }
-        let resp = builder
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(bytes)
-            .send()
-            .await
-            .map_err(transport_error)?;
+        let resp = self.client.send_json(call, bytes).await?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
         }
         let retry_after = retry_after(resp.headers());
-        let body = resp.bytes().await.unwrap_or_default();
+        let body = read_body(resp).await.unwrap_or_default();
         if self.log_raw {
             tracing::info!(
                 target: "ai_api::raw",
@@ -86,11 +85,8 @@ impl Upstream {
     }
 
     /// Reads a whole JSON answer.
-    pub async fn read_json<T: DeserializeOwned>(
-        &self,
-        resp: reqwest::Response,
-    ) -> Result<T, Error> {
-        let body = resp.bytes().await.map_err(transport_error)?;
+    pub async fn read_json<T: DeserializeOwned>(&self, resp: UpstreamResponse) -> Result<T, Error> {
+        let body = read_body(resp).await?;
         if self.log_raw {
             tracing::info!(
                 target: "ai_api::raw",
@@ -103,6 +99,16 @@ impl Upstream {
     }
 }
 
+/// Reads a whole answer body.
+async fn read_body(resp: UpstreamResponse) -> Result<Bytes, Error> {
+    Ok(resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(body_error)?
+        .to_bytes())
+}
+
 /// Decodes a provider's JSON, calling anything else a bad gateway.
 pub fn decode_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     serde_json::from_slice(body).map_err(|e| {
@@ -113,8 +119,8 @@ pub fn decode_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
 }
 
 /// The events of an SSE answer. A transport failure mid-stream is a bad-gateway error.
-pub fn sse_events(resp: reqwest::Response) -> impl Stream<Item = Result<Event, Error>> + Send {
-    resp.bytes_stream()
+pub fn sse_events(resp: UpstreamResponse) -> impl Stream<Item = Result<Event, Error>> + Send {
+    BodyDataStream::new(resp.into_body())
         .eventsource()
         .map(|r| r.map_err(|e| Error::bad_gateway(format!("the provider's stream broke: {e}"))))
 }
@@ -122,23 +128,6 @@ pub fn sse_events(resp: reqwest::Response) -> impl Stream<Item = Result<Event, E
 /// The error for a stream that ended before its end marker.
 pub fn stream_cut() -> Error {
     Error::bad_gateway("the provider's stream ended before it finished")
-}
-
-/// Maps a `reqwest` failure (never echoing the URL).
-pub fn transport_error(e: reqwest::Error) -> Error {
-    let e = e.without_url();
-    if e.is_timeout() {
-        Error::timeout(format!("the provider did not answer in time: {e}"))
-    } else if e.is_connect() {
-        Error::new(
-            ErrorKind::Unavailable,
-            format!("cannot connect to the provider: {e}"),
-        )
-    } else if e.is_decode() || e.is_body() {
-        Error::bad_gateway(format!("the provider's answer broke off: {e}"))
-    } else {
-        Error::bad_gateway(format!("the provider call failed: {e}"))
-    }
 }
 
 /// A provider's error answer: its status, and its message where the body has one in any of the

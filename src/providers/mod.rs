@@ -6,6 +6,7 @@
 //! private and translates to and from the core types; nothing here knows about the doors.
 
 pub mod anthropic;
+pub mod client;
 pub mod gemini;
 pub mod http;
 pub mod mock;
@@ -255,7 +256,7 @@ pub enum Provider {
 
 impl Provider {
     /// Prepares the provider of one deployment; `client` is the gateway's one pooled client.
-    pub fn new(d: &DeploymentConfig, client: reqwest::Client, log_raw: bool) -> Self {
+    pub fn new(d: &DeploymentConfig, client: http::HttpClient, log_raw: bool) -> Self {
         if let Some(text) = &d.mock_response {
             return Provider::Mock(mock::MockProvider::new(d, text.clone()));
         }

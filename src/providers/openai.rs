@@ -5,7 +5,7 @@
 
 use futures_util::StreamExt;
 
-use super::http::{Upstream, sse_events, stream_cut, upstream_error};
+use super::http::{Upstream, UpstreamRequest, parse_uri, sse_events, stream_cut, upstream_error};
 use super::{ChunkStream, ProviderApi, ProviderKind};
 use crate::core::error::Error;
 use crate::core::types::{
@@ -68,9 +68,9 @@ const AZURE_API_VERSION: &str = "2024-10-21";
 pub struct OpenAiProvider {
     up: Upstream,
     /// Parsed once: parsing (IDNA included) on every request shows in profiles.
-    chat_url: Result<reqwest::Url, String>,
-    embeddings_url: Result<reqwest::Url, String>,
-    images_url: Result<reqwest::Url, String>,
+    chat_url: Result<http::Uri, String>,
+    embeddings_url: Result<http::Uri, String>,
+    images_url: Result<http::Uri, String>,
     auth: Auth,
     max_field: MaxTokensField,
 }
@@ -109,33 +109,26 @@ impl OpenAiProvider {
                 format!("{base}/images/generations"),
             ),
         };
-        let parse = |u: String| reqwest::Url::parse(&u).map_err(|e| format!("{u}: {e}"));
         OpenAiProvider {
-            chat_url: parse(chat_url),
-            embeddings_url: parse(embeddings_url),
-            images_url: parse(images_url),
+            chat_url: parse_uri(chat_url),
+            embeddings_url: parse_uri(embeddings_url),
+            images_url: parse_uri(images_url),
             auth: p.auth,
             max_field: p.max_field,
             up,
         }
     }
 
-    fn post(&self, url: &Result<reqwest::Url, String>) -> Result<reqwest::RequestBuilder, Error> {
-        let url = url.as_ref().map_err(|e| {
-            Error::new(
-                crate::core::error::ErrorKind::Config,
-                format!("the provider URL is not valid: {e}"),
-            )
-        })?;
-        let mut b = self.up.client.post(url.clone());
+    fn post(&self, url: &Result<http::Uri, String>) -> Result<UpstreamRequest, Error> {
+        let mut b = UpstreamRequest::post(url)?;
         if let Some(key) = self.up.key()? {
             b = match self.auth {
-                Auth::Bearer => b.bearer_auth(key.expose()),
-                Auth::ApiKeyHeader => b.header("api-key", key.expose()),
+                Auth::Bearer => b.bearer_auth(key.expose())?,
+                Auth::ApiKeyHeader => b.key_header("api-key", key.expose())?,
             };
         }
         if let Some(org) = &self.up.deployment.organization {
-            b = b.header("OpenAI-Organization", org);
+            b = b.header("openai-organization", org)?;
         }
         Ok(b)
     }
