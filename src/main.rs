@@ -7,6 +7,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = ai_api::cli::Cli::parse();
-    ai_api::telemetry::init();
+    // Held to the end: dropping it writes the last log lines.
+    let _log = ai_api::telemetry::init();
     ai_api::cli::run(cli).await
 }

@@ -1,22 +1,40 @@
 //! Logging: a `tracing` subscriber filtered by `RUST_LOG` (default `info`), human-readable, or
 //! one JSON object per line with `AI_API_LOG_FORMAT=json`. Keys never reach a log line: the
 //! config holds them as redacting `Secret`s.
+//!
+//! Lines are written by a background thread (`tracing-appender`), buffered and flushed whenever
+//! it has caught up: a request never waits on a `write` to stderr, and a busy server writes its
+//! lines in a few large writes instead of one syscall each. Should the thread fall 128k lines
+//! behind, further lines are dropped (counted by the appender) rather than blocking requests.
 
+use std::io::{BufWriter, Stderr};
+
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber (once; later calls do nothing).
-pub fn init() {
+/// Keeps the log writer running; dropping it writes what is left. Hold it until exit.
+#[derive(Debug)]
+pub struct LogGuard {
+    _writer: Option<WorkerGuard>,
+}
+
+/// Installs the global subscriber (once; later calls return a guard that does nothing).
+pub fn init() -> LogGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("AI_API_LOG_FORMAT")
         .map(|v| v.eq_ignore_ascii_case("json"))
         .unwrap_or(false);
     // Colours only for a person at a terminal: escape codes cost time on every line.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let out: BufWriter<Stderr> = BufWriter::with_capacity(64 * 1024, std::io::stderr());
+    let (writer, guard) = NonBlockingBuilder::default()
+        .thread_name("ai-api-log")
+        .finish(out);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    let _already_set = if json {
+        .with_writer(writer);
+    let installed = if json {
         builder
             .json()
             .flatten_event(true)
@@ -25,4 +43,7 @@ pub fn init() {
     } else {
         builder.try_init()
     };
+    LogGuard {
+        _writer: installed.ok().map(|()| guard),
+    }
 }

@@ -32,40 +32,44 @@ pub fn normalize_root(root: &str) -> String {
     }
 }
 
-/// The door's router.
+/// The door's router. Routes carry the root path themselves (no `nest`): a nested router
+/// costs a prefix strip, a second route lookup and boxed service clones on every request.
 pub fn router(gateway: Gateway, opts: &HttpOptions) -> Router {
     use handlers as h;
-    let api = Router::new()
-        .route("/chat/completions", post(h::chat_completions))
-        .route("/v1/chat/completions", post(h::chat_completions))
-        .route("/models", get(h::list_models))
-        .route("/v1/models", get(h::list_models))
-        .route("/models/{*id}", get(h::get_model))
-        .route("/v1/models/{*id}", get(h::get_model))
-        .route("/images/generations", post(h::generate_image))
-        .route("/v1/images/generations", post(h::generate_image))
-        .route("/embeddings", post(h::embeddings))
-        .route("/v1/embeddings", post(h::embeddings))
-        .route("/health/liveliness", get(h::liveliness))
-        .route("/health/liveness", get(h::liveliness))
-        .route("/health/readiness", get(h::readiness))
-        .route("/metrics", get(h::metrics))
-        .route("/key/generate", post(admin::generate))
-        .route("/key/update", post(admin::update))
-        .route("/key/delete", post(admin::delete))
-        .route("/key/info", get(admin::info))
-        .route("/key/list", get(admin::list))
-        .route("/spend/logs", get(admin::spend_logs))
-        .route("/spend/report", get(admin::spend_report))
-        .route("/global/spend/report", get(admin::spend_report))
-        .with_state(gateway);
     let root = normalize_root(&opts.root_path);
-    let app = if root.is_empty() {
-        api
-    } else {
-        Router::new().nest(&root, api)
-    };
-    app.fallback(h::not_found)
+    let at = |path: &str| format!("{root}{path}");
+    // The OpenAI routes answer with and without the `/v1` prefix, as LiteLLM's do.
+    let both = |path: &str| [at(path), at(&format!("/v1{path}"))];
+    let mut api = Router::new();
+    for p in both("/chat/completions") {
+        api = api.route(&p, post(h::chat_completions));
+    }
+    for p in both("/models") {
+        api = api.route(&p, get(h::list_models));
+    }
+    for p in both("/models/{*id}") {
+        api = api.route(&p, get(h::get_model));
+    }
+    for p in both("/images/generations") {
+        api = api.route(&p, post(h::generate_image));
+    }
+    for p in both("/embeddings") {
+        api = api.route(&p, post(h::embeddings));
+    }
+    api.route(&at("/health/liveliness"), get(h::liveliness))
+        .route(&at("/health/liveness"), get(h::liveliness))
+        .route(&at("/health/readiness"), get(h::readiness))
+        .route(&at("/metrics"), get(h::metrics))
+        .route(&at("/key/generate"), post(admin::generate))
+        .route(&at("/key/update"), post(admin::update))
+        .route(&at("/key/delete"), post(admin::delete))
+        .route(&at("/key/info"), get(admin::info))
+        .route(&at("/key/list"), get(admin::list))
+        .route(&at("/spend/logs"), get(admin::spend_logs))
+        .route(&at("/spend/report"), get(admin::spend_report))
+        .route(&at("/global/spend/report"), get(admin::spend_report))
+        .with_state(gateway)
+        .fallback(h::not_found)
         .method_not_allowed_fallback(h::method_not_allowed)
         .layer(DefaultBodyLimit::max(opts.max_body_bytes))
         .layer(PropagateRequestIdLayer::x_request_id())
