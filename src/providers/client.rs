@@ -4,6 +4,13 @@
 //! It is hyper-util's client used directly rather than through `reqwest`: the gateway needs
 //! none of reqwest's redirect following, URL handling or request cloning, and on a proxied
 //! call those showed up as about a tenth of the gateway's own instructions per request.
+//!
+//! The pool is sharded by runtime: the HTTP door runs one single-threaded runtime per core
+//! (`crate::server`), and each calls providers over its own connections, so a request and
+//! the connection task that carries it stay on one thread ([`set_shard`]).
+
+use std::cell::Cell;
+use std::sync::Arc;
 
 use std::time::Duration;
 
@@ -21,10 +28,27 @@ use crate::core::error::{Error, ErrorKind};
 /// An answer whose body has not been read yet.
 pub type UpstreamResponse = http::Response<hyper::body::Incoming>;
 
-/// The pooled client (cheap to clone: clones share the pool).
+type Pool = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The pooled client (cheap to clone: clones share the pools).
 #[derive(Debug, Clone)]
 pub struct HttpClient {
-    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// One pool per shard; shard 0 serves every thread that did not call [`set_shard`].
+    shards: Arc<[Pool]>,
+}
+
+thread_local! {
+    static SHARD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Makes this thread call providers over pool `shard` (taken modulo the number of pools).
+pub fn set_shard(shard: usize) {
+    SHARD.with(|s| s.set(shard));
+}
+
+/// Pools to create: one for the shared runtime, one per HTTP-door runtime (one per core).
+fn shard_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) + 1
 }
 
 const AGENT: &str = concat!("ai-api/", env!("CARGO_PKG_VERSION"));
@@ -32,6 +56,15 @@ const AGENT: &str = concat!("ai-api/", env!("CARGO_PKG_VERSION"));
 impl HttpClient {
     /// Idle connections are kept 90 s; connecting may take 10 s; no Nagle delay.
     pub fn new() -> Result<Self, String> {
+        let shards = (0..shard_count())
+            .map(|_| Self::pool())
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(HttpClient {
+            shards: shards.into(),
+        })
+    }
+
+    fn pool() -> Result<Pool, String> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -42,11 +75,10 @@ impl HttpClient {
             .https_or_http()
             .enable_all_versions()
             .wrap_connector(http);
-        let inner = Client::builder(TokioExecutor::new())
+        Ok(Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_timer(TokioTimer::new())
-            .build(https);
-        Ok(HttpClient { inner })
+            .build(https))
     }
 
     /// Sends `body` as JSON. The status is not judged here.
@@ -62,7 +94,11 @@ impl HttpClient {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(USER_AGENT, HeaderValue::from_static(AGENT));
         *req.headers_mut() = headers;
-        self.inner.request(req).await.map_err(transport_error)
+        let shard = SHARD.with(Cell::get) % self.shards.len();
+        self.shards[shard]
+            .request(req)
+            .await
+            .map_err(transport_error)
     }
 }
 
