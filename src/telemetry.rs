@@ -11,6 +11,8 @@ use std::io::{BufWriter, Stderr};
 
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::field::MakeExt;
+use tracing_subscriber::fmt::format::debug_fn;
 
 /// Keeps the log writer running; dropping it writes what is left. Hold it until exit.
 #[derive(Debug)]
@@ -40,8 +42,17 @@ pub fn init() -> LogGuard {
             .flatten_event(true)
             .with_current_span(false)
             .try_init()
-    } else {
+    } else if ansi {
         builder.try_init()
+    } else {
+        // Plain `name=value` fields: the default field formatter styles every name (italic)
+        // through nu-ansi-term even with colours off, a third of the cost of a request line.
+        let fields = debug_fn(|w, field, value| match field.name() {
+            "message" => write!(w, "{value:?}"),
+            name => write!(w, "{name}={value:?}"),
+        })
+        .delimited(" ");
+        builder.fmt_fields(fields).try_init()
     };
     LogGuard {
         _writer: installed.ok().map(|()| guard),

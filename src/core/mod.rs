@@ -183,7 +183,12 @@ impl ServedBy {
             "x-litellm-attempted-fallbacks",
             HeaderValue::from(self.attempted_fallbacks),
         );
-        let ms = |d: Duration| format!("{:.3}", d.as_secs_f64() * 1000.0);
+        // Milliseconds with three decimals, from integer microseconds (float formatting shows
+        // in profiles).
+        let ms = |d: Duration| {
+            let us = d.as_micros();
+            format!("{}.{:03}", us / 1000, us % 1000)
+        };
         let formatted = [
             ("x-litellm-response-duration-ms", ms(self.started.elapsed())),
             ("x-litellm-overhead-duration-ms", ms(self.overhead())),

@@ -75,6 +75,16 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
                 .with_code("invalid_json"),
         );
     }
+    // Tracking the path costs on every field; it is only needed to explain a failure, so a
+    // body that parses is parsed once, without it.
+    match serde_json::from_slice(body) {
+        Ok(v) => Ok(v),
+        Err(_) => parse_json_explained(body),
+    }
+}
+
+/// The slow path of [`parse_json`]: parses again, tracking the path, for the error message.
+fn parse_json_explained<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
