@@ -5,7 +5,7 @@
 //! none of reqwest's redirect following, URL handling or request cloning, and on a proxied
 //! call those showed up as about a tenth of the gateway's own instructions per request.
 //!
-//! The pool is sharded by runtime: the HTTP door runs one single-threaded runtime per core
+//! The pool is sharded by runtime: the doors run one single-threaded runtime per core
 //! (`crate::server`), and each calls providers over its own connections, so a request and
 //! the connection task that carries it stay on one thread ([`set_shard`]).
 
@@ -46,7 +46,7 @@ pub fn set_shard(shard: usize) {
     SHARD.with(|s| s.set(shard));
 }
 
-/// Pools to create: one for the shared runtime, one per HTTP-door runtime (one per core).
+/// Pools to create: one for the shared runtime, one per worker runtime (one per core).
 fn shard_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get()) + 1
 }
