@@ -3,6 +3,8 @@
 
   direct   the fake upstream itself (the baseline every "added latency" is measured from)
   nginx    nginx as a plain reverse proxy in front of the fake upstream
+  floor    the floor of a Rust proxy: hyper server + hyper client, bodies passed through
+           untouched, one runtime per core (bench/floor); what hyper and Tokio cost by themselves
   ai-http  ai-api's HTTP door (OpenAI REST under /ai-api)
   ai-grpc  ai-api's gRPC door (ai_api.v1.AiApiService)
   litellm  LiteLLM's proxy, on the same config file as ai-api
@@ -35,7 +37,7 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-TARGETS = ["direct", "nginx", "ai-http", "ai-grpc", "litellm"]
+TARGETS = ["direct", "nginx", "floor", "ai-http", "ai-grpc", "litellm"]
 MASTER_KEY = "sk-bench-master"
 UPSTREAM_KEY = "sk-bench"
 
@@ -269,9 +271,10 @@ class Bench:
         self.wd = BENCH / "results" / f"run-{self.ts}"
         (self.wd / "raw").mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, Proc] = {}
-        self.ports = {k: free_port() for k in ["up", "nginx", "ai", "aig", "litellm"]}
+        self.ports = {k: free_port() for k in ["up", "nginx", "floor", "ai", "aig", "litellm"]}
         self.driver = str(BENCH / "target" / "release" / "grpc-load")
         self.upstream_bin = str(BENCH / "target" / "release" / "bench-upstream")
+        self.floor_bin = str(BENCH / "target" / "release" / "bench-floor")
         self.oha = a.oha
         self.runs: list[dict] = []
         self.memory: dict = {}
@@ -287,17 +290,19 @@ class Bench:
         return {
             "direct": f"http://127.0.0.1:{p['up']}/v1/chat/completions",
             "nginx": f"http://127.0.0.1:{p['nginx']}/v1/chat/completions",
+            "floor": f"http://127.0.0.1:{p['floor']}/v1/chat/completions",
             "ai-http": f"http://127.0.0.1:{p['ai']}/ai-api/v1/chat/completions",
             "ai-grpc": f"http://127.0.0.1:{p['aig']}",
             "litellm": f"http://127.0.0.1:{p['litellm']}/v1/chat/completions",
         }[target]
 
     def key(self, target: str) -> str:
-        return UPSTREAM_KEY if target in ("direct", "nginx") else MASTER_KEY
+        return UPSTREAM_KEY if target in ("direct", "nginx", "floor") else MASTER_KEY
 
     def enabled(self, target: str) -> bool:
         return target in self.a.targets and (target != "litellm" or "litellm" in self.procs) \
-            and (target != "nginx" or "nginx" in self.procs)
+            and (target != "nginx" or "nginx" in self.procs) \
+            and (target != "floor" or "floor" in self.procs)
 
     # ---- setup ----
     def machine(self) -> dict:
@@ -369,6 +374,13 @@ class Bench:
             time.sleep(0.5)
             self.memory["nginx_idle_kb"] = tree_rss_kb(self.procs["nginx"].pid)["rss_kb"]
 
+        if "floor" in a.targets:
+            self.procs["floor"] = Proc("floor", [
+                self.floor_bin, "--listen", f"127.0.0.1:{p['floor']}",
+                "--upstream", f"http://127.0.0.1:{p['up']}"], wd / "floor.log")
+            wait_until(lambda: http_ok(f"http://127.0.0.1:{p['floor']}/health"), 10, "floor",
+                       self.procs["floor"])
+
         if "litellm" in a.targets:
             ll = BENCH / ".venv" / "bin" / "litellm"
             if not ll.exists():
@@ -418,7 +430,7 @@ class Bench:
         self.start_ai_api()
 
     def stop(self) -> None:
-        for name in ["litellm", "nginx", "ai-api", "upstream"]:
+        for name in ["litellm", "nginx", "floor", "ai-api", "upstream"]:
             if name in self.procs:
                 self.procs[name].stop()
 
@@ -509,7 +521,7 @@ class Bench:
             r["valid"] = bool(d.get("valid"))
         # CPU the proxy itself spent per request (warm-up included, so slightly high); the
         # upstream's share is excluded. Less sensitive to a shared machine than req/s.
-        server = {"direct": "upstream", "nginx": "nginx", "ai-http": "ai-api",
+        server = {"direct": "upstream", "nginx": "nginx", "floor": "floor", "ai-http": "ai-api",
                   "ai-grpc": "ai-api", "litellm": "litellm"}[target]
         done = (r.get("ok") or 0) + (r.get("errors") or 0)
         if done > 0 and cpu_s.get(server, 0) >= 0.2:  # clock ticks are 10 ms: skip tiny totals
@@ -820,6 +832,9 @@ def main() -> int:
             a.http_tool = "driver"
     if not Path(a.ai_api).exists():
         ap.error(f"{a.ai_api} does not exist: run `cargo build --release` in the repository root")
+    if "floor" in a.targets and not (BENCH / "target" / "release" / "bench-floor").exists():
+        log("bench-floor not built: its runs are skipped")
+        a.targets.remove("floor")
     if "nginx" in a.targets and not Path(a.nginx).exists():
         log("nginx not found: its runs are skipped")
         a.targets.remove("nginx")

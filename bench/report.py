@@ -15,8 +15,9 @@ from pathlib import Path
 
 BEGIN = "<!-- BEGIN GENERATED (bench/report.py) -->"
 END = "<!-- END GENERATED -->"
-TARGETS = ["direct", "nginx", "ai-http", "ai-grpc", "litellm"]
-NAMES = {"direct": "direct (fake upstream)", "nginx": "nginx proxy", "ai-http": "ai-api HTTP",
+TARGETS = ["direct", "nginx", "floor", "ai-http", "ai-grpc", "litellm"]
+NAMES = {"direct": "direct (fake upstream)", "nginx": "nginx proxy",
+         "floor": "hyper floor (bare Rust proxy)", "ai-http": "ai-api HTTP",
          "ai-grpc": "ai-api gRPC", "litellm": "LiteLLM proxy"}
 
 
@@ -81,6 +82,15 @@ def evaluate(results: dict) -> list[dict]:
             f"{n['rps']:.0f} req/s)", x >= 0.8, valid(a, n))
     else:
         add("HTTP throughput vs nginx (c=64)", ">= 0.8x", "not measured", None, False)
+
+    # not a target: where the bare hyper proxy (bench/floor) sits between nginx and ai-api
+    c = pick_c(results, "chat", ["ai-http", "floor", "nginx"], 64)
+    a, fl, n = (find(results, "chat", t, c) for t in ("ai-http", "floor", "nginx"))
+    if a and fl and n and fl.get("rps") and n.get("rps"):
+        rows.append({"target": f"for reference (c={c}): hyper floor vs nginx; ai-api HTTP vs floor",
+                     "goal": "–", "measured": f"floor {fl['rps'] / n['rps']:.2f}x nginx "
+                     f"({fl['rps']:.0f} req/s); ai-api {a['rps'] / fl['rps']:.2f}x floor",
+                     "result": "info" if valid(a, fl, n) else "invalid (errors)", "detail": ""})
 
     # added latency at c=1
     c = pick_c(results, "chat", ["ai-http", "nginx", "direct"], 1)
@@ -170,7 +180,7 @@ def targets_table(rows: list[dict]) -> str:
     for r in rows:
         res = r["result"]
         out.append(f"| {r['target']} | {r['goal']} | {r['measured']} | "
-                   f"{'**' + res + '**' if res != 'pass' else res} |")
+                   f"{res if res in ('pass', 'info') else '**' + res + '**'} |")
     return "\n".join(out)
 
 
@@ -321,7 +331,7 @@ def plot(results: dict, png: Path) -> bool:
     except ImportError:
         return False
     fig, axes = plt.subplots(1, 3, figsize=(16, 5))
-    colors = {"direct": "#555555", "nginx": "#2ca02c", "ai-http": "#1f77b4",
+    colors = {"direct": "#555555", "nginx": "#2ca02c", "floor": "#8c564b", "ai-http": "#1f77b4",
               "ai-grpc": "#9467bd", "litellm": "#d62728"}
     for t in TARGETS:
         pts = [(r["concurrency"], r) for r in results["runs"]
