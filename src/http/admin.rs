@@ -8,12 +8,11 @@ use std::time::SystemTime;
 
 use axum::Json;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::{Body, HttpError, parse_json};
-use super::handlers::context;
+use super::handlers::Caller;
 use crate::core::Gateway;
 use crate::core::admin::{KeyView, day_range, parse_group_by};
 use crate::core::error::Error;
@@ -63,10 +62,9 @@ fn key_json(v: &KeyView) -> Value {
 
 pub async fn generate(
     State(gw): State<Gateway>,
-    headers: HeaderMap,
+    Caller(ctx): Caller,
     Body(body): Body,
 ) -> Result<Json<Value>, HttpError> {
-    let ctx = context(&headers);
     gw.authorize(&ctx)?;
     let new: NewKey = if body.is_empty() {
         NewKey::default()
@@ -91,10 +89,9 @@ struct UpdateBody {
 
 pub async fn update(
     State(gw): State<Gateway>,
-    headers: HeaderMap,
+    Caller(ctx): Caller,
     Body(body): Body,
 ) -> Result<Json<Value>, HttpError> {
-    let ctx = context(&headers);
     gw.authorize(&ctx)?;
     let UpdateBody { key, patch } = parse_json(&body)?;
     let view = gw.update_key(&ctx, &key, patch).await?;
@@ -109,10 +106,9 @@ struct DeleteBody {
 
 pub async fn delete(
     State(gw): State<Gateway>,
-    headers: HeaderMap,
+    Caller(ctx): Caller,
     Body(body): Body,
 ) -> Result<Json<Value>, HttpError> {
-    let ctx = context(&headers);
     gw.authorize(&ctx)?;
     let DeleteBody { keys } = parse_json(&body)?;
     let deleted = gw.delete_keys(&ctx, &keys).await?;
@@ -121,10 +117,9 @@ pub async fn delete(
 
 pub async fn info(
     State(gw): State<Gateway>,
-    headers: HeaderMap,
+    Caller(ctx): Caller,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, HttpError> {
-    let ctx = context(&headers);
     gw.authorize(&ctx)?;
     let key = q
         .get("key")
@@ -138,10 +133,9 @@ pub async fn info(
 
 pub async fn list(
     State(gw): State<Gateway>,
-    headers: HeaderMap,
+    Caller(ctx): Caller,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, HttpError> {
-    let ctx = context(&headers);
     let views = gw.list_keys(&ctx).await?;
     let full = q.get("return_full_object").is_some_and(|v| v == "true");
     let keys: Vec<Value> = if full {
@@ -195,10 +189,9 @@ fn spend_json(r: &SpendRecord) -> Value {
 
 pub async fn spend_logs(
     State(gw): State<Gateway>,
-    headers: HeaderMap,
+    Caller(ctx): Caller,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Vec<Value>>, HttpError> {
-    let ctx = context(&headers);
     gw.authorize(&ctx)?;
     let (start_date, end_date) = date_range(&q)?;
     let limit = match q.get("limit") {
@@ -220,10 +213,9 @@ pub async fn spend_logs(
 
 pub async fn spend_report(
     State(gw): State<Gateway>,
-    headers: HeaderMap,
+    Caller(ctx): Caller,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Vec<Value>>, HttpError> {
-    let ctx = context(&headers);
     gw.authorize(&ctx)?;
     let group_by = parse_group_by(q.get("group_by").map(String::as_str))?;
     let (start, end) = date_range(&q)?;

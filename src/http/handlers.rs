@@ -44,26 +44,42 @@ pub(crate) fn context(headers: &HeaderMap) -> RequestContext {
     RequestContext::new(Door::Http, request_id, key)
 }
 
-/// Where the answer came from, as LiteLLM's `x-litellm-*` headers.
-fn served_headers(by: &ServedBy, cost: Option<f64>) -> HeaderMap {
-    let mut h = HeaderMap::with_capacity(8);
-    by.write_headers(cost, &mut h);
-    h
+/// The caller's [`context`], extracted without cloning the request's headers (axum's
+/// `HeaderMap` extractor copies them all).
+#[derive(Debug)]
+pub struct Caller(pub RequestContext);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Caller(context(&parts.headers)))
+    }
+}
+
+/// A response with where the answer came from, as LiteLLM's `x-litellm-*` headers (written
+/// straight into the response: no intermediate map to merge).
+fn with_served_headers(by: &ServedBy, cost: Option<f64>, body: impl IntoResponse) -> Response {
+    let mut resp = body.into_response();
+    by.write_headers(cost, resp.headers_mut());
+    resp
 }
 
 pub async fn chat_completions(
     State(gw): State<Gateway>,
-    headers: HeaderMap,
+    Caller(mut ctx): Caller,
     Body(body): Body,
 ) -> Result<Response, HttpError> {
-    let mut ctx = context(&headers);
     ctx.principal = Some(gw.authorize(&ctx)?);
     let wire: ChatCompletionRequest = parse_json(&body)?;
     let stream = wire.stream.unwrap_or(false);
     let req = ChatRequest::try_from(wire)?;
     if stream {
         let served = gw.chat_stream(&ctx, req).await?;
-        let mut resp = (served_headers(&served.by, None), sse::body(served.value)).into_response();
+        let mut resp = with_served_headers(&served.by, None, sse::body(served.value));
         let h = resp.headers_mut();
         h.insert(
             header::CONTENT_TYPE,
@@ -74,20 +90,19 @@ pub async fn chat_completions(
     } else {
         let served = gw.chat(&ctx, req).await?;
         let body = ChatCompletion::from(&served.value);
-        Ok((
-            served_headers(&served.by, Some(served.by.cost_usd)),
+        Ok(with_served_headers(
+            &served.by,
+            Some(served.by.cost_usd),
             Json(body),
-        )
-            .into_response())
+        ))
     }
 }
 
 pub async fn embeddings(
     State(gw): State<Gateway>,
-    headers: HeaderMap,
+    Caller(mut ctx): Caller,
     Body(body): Body,
 ) -> Result<Response, HttpError> {
-    let mut ctx = context(&headers);
     ctx.principal = Some(gw.authorize(&ctx)?);
     let wire: WireEmbeddingRequest = parse_json(&body)?;
     let base64 = match wire.encoding_format.as_deref() {
@@ -103,35 +118,33 @@ pub async fn embeddings(
     };
     let served = gw.embed(&ctx, EmbeddingRequest::from(wire)).await?;
     let body = wire::convert::embedding_response_to_wire(&served.value, base64);
-    Ok((
-        served_headers(&served.by, Some(served.by.cost_usd)),
+    Ok(with_served_headers(
+        &served.by,
+        Some(served.by.cost_usd),
         Json(body),
-    )
-        .into_response())
+    ))
 }
 
 pub async fn generate_image(
     State(gw): State<Gateway>,
-    headers: HeaderMap,
+    Caller(mut ctx): Caller,
     Body(body): Body,
 ) -> Result<Response, HttpError> {
-    let mut ctx = context(&headers);
     ctx.principal = Some(gw.authorize(&ctx)?);
     let wire: ImageGenerationRequest = parse_json(&body)?;
     let served = gw.generate_image(&ctx, ImageRequest::from(wire)).await?;
     let body = ImagesResponse::from(&served.value);
-    Ok((
-        served_headers(&served.by, Some(served.by.cost_usd)),
+    Ok(with_served_headers(
+        &served.by,
+        Some(served.by.cost_usd),
         Json(body),
-    )
-        .into_response())
+    ))
 }
 
 pub async fn list_models(
     State(gw): State<Gateway>,
-    headers: HeaderMap,
+    Caller(ctx): Caller,
 ) -> Result<Json<ModelList>, HttpError> {
-    let ctx = context(&headers);
     let models = gw.list_models(&ctx)?;
     Ok(Json(ModelList {
         object: "list".into(),
@@ -141,10 +154,9 @@ pub async fn list_models(
 
 pub async fn get_model(
     State(gw): State<Gateway>,
-    headers: HeaderMap,
+    Caller(ctx): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<wire::Model>, HttpError> {
-    let ctx = context(&headers);
     let model = gw.model(&ctx, &id)?;
     Ok(Json(wire::Model::from(&model)))
 }
@@ -169,8 +181,11 @@ pub async fn readiness(State(gw): State<Gateway>) -> Json<serde_json::Value> {
     }))
 }
 
-pub async fn metrics(State(gw): State<Gateway>, headers: HeaderMap) -> Result<Response, HttpError> {
-    let text = gw.metrics_text(&context(&headers))?;
+pub async fn metrics(
+    State(gw): State<Gateway>,
+    Caller(ctx): Caller,
+) -> Result<Response, HttpError> {
+    let text = gw.metrics_text(&ctx)?;
     Ok((
         [(
             header::CONTENT_TYPE,
