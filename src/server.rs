@@ -2,24 +2,25 @@
 //! tests run the real server on port 0), stops accepting on shutdown, lets in-flight requests
 //! and streams finish within the grace period, then returns.
 //!
-//! Both doors run on one single-threaded Tokio runtime per core ("workers"), each accepting on
-//! the same listening sockets, as nginx runs one worker process per core: a request, its
-//! upstream call and the connection task carrying it stay on one thread, with no
-//! work-stealing hand-offs or cross-thread wake-ups (in front of the same upstream: 7.3-7.9k
-//! req/s on one multi-threaded runtime, 10.6-11.4k this way). A connection stays with the
-//! worker that accepted it, so one gRPC client multiplexing everything over one HTTP/2
-//! connection is served by one core. The shared multi-threaded runtime keeps the background
-//! work (spend writer, database, health watch). `AI_API_HTTP_WORKERS` sets the number of
-//! workers.
+//! Both doors run on one single-threaded Tokio runtime per core ("workers"), as nginx runs one
+//! worker process per core: a request, its upstream call and the connection task carrying it
+//! stay on one thread, with no work-stealing hand-offs or cross-thread wake-ups (in front of
+//! the same upstream: 7.3-7.9k req/s on one multi-threaded runtime, 10.6-11.4k this way).
+//! Connections are accepted on the shared runtime and handed to the workers in turn, so
+//! long-lived client connections spread evenly (a worker keeps a connection for its life: one
+//! gRPC client multiplexing everything over one HTTP/2 connection is served by one core). The
+//! shared multi-threaded runtime also keeps the background work (spend writer, database,
+//! health watch). `AI_API_HTTP_WORKERS` sets the number of workers.
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 use crate::core::router::{Clock, SystemClock};
@@ -82,27 +83,109 @@ fn workers() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// What every worker serves.
-struct Doors {
-    http: std::net::TcpListener,
-    grpc: std::net::TcpListener,
-    app: axum::Router,
-    routes: tonic::service::Routes,
+/// Connections handed to one worker, as a listener its servers accept from.
+struct Handoff {
+    rx: mpsc::UnboundedReceiver<std::net::TcpStream>,
+    local: SocketAddr,
 }
 
-/// Starts `workers` threads, each a single-threaded runtime serving both doors on (duplicates
-/// of) the two listening sockets, until `stop`. The task ends when all have drained, or with
-/// the first error.
+impl Handoff {
+    /// The next connection, registered with this worker's runtime; pending forever once the
+    /// acceptor has stopped (the servers then stop on the shutdown signal).
+    async fn next(&mut self) -> TcpStream {
+        loop {
+            let Some(tcp) = self.rx.recv().await else {
+                return std::future::pending().await;
+            };
+            match TcpStream::from_std(tcp) {
+                Ok(tcp) => return tcp,
+                Err(e) => tracing::debug!("cannot take over a connection: {e}"),
+            }
+        }
+    }
+}
+
+impl axum::serve::Listener for Handoff {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+        let tcp = self.next().await;
+        let peer = tcp.peer_addr().unwrap_or(self.local);
+        (tcp, peer)
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+}
+
+/// Accepts on `listener` until `stop` and hands each connection to the next worker in turn.
+async fn hand_out(
+    listener: TcpListener,
+    workers: Vec<mpsc::UnboundedSender<std::net::TcpStream>>,
+    stop: watch::Receiver<bool>,
+) {
+    let mut next = 0usize;
+    let stopped = until_true(stop);
+    tokio::pin!(stopped);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut stopped => return,
+            r = listener.accept() => r,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of file descriptors, say: wait a little rather than spin.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // No Nagle delay: every SSE chunk goes out as soon as it is written.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+        let Ok(tcp) = tcp.into_std() else { continue };
+        if let Some(worker) = workers.get(next % workers.len().max(1)) {
+            let _ = worker.send(tcp);
+        }
+        next = next.wrapping_add(1);
+    }
+}
+
+/// Starts `workers` threads, each a single-threaded runtime serving both doors on the
+/// connections handed to it, and the two acceptors on the shared runtime, until `stop`. The
+/// task ends when all workers have drained, or with the first error.
 fn serve_doors(
-    doors: Doors,
+    http: TcpListener,
+    grpc: TcpListener,
+    app: axum::Router,
+    routes: tonic::service::Routes,
     workers: usize,
     stop: &watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<Result<(), ServeError>>, ServeError> {
+    let (http_local, grpc_local) = (
+        http.local_addr().map_err(ServeError::Http)?,
+        grpc.local_addr().map_err(ServeError::Http)?,
+    );
     let mut done = Vec::with_capacity(workers);
+    let (mut to_http, mut to_grpc) = (Vec::new(), Vec::new());
     for i in 0..workers {
-        let http = doors.http.try_clone().map_err(ServeError::Http)?;
-        let grpc = doors.grpc.try_clone().map_err(ServeError::Http)?;
-        let (app, routes, stop) = (doors.app.clone(), doors.routes.clone(), stop.clone());
+        let (http_tx, http_rx) = mpsc::unbounded_channel();
+        let (grpc_tx, grpc_rx) = mpsc::unbounded_channel();
+        to_http.push(http_tx);
+        to_grpc.push(grpc_tx);
+        let http = Handoff {
+            rx: http_rx,
+            local: http_local,
+        };
+        let grpc = Handoff {
+            rx: grpc_rx,
+            local: grpc_local,
+        };
+        let (app, routes, stop) = (app.clone(), routes.clone(), stop.clone());
         let (tx, rx) = tokio::sync::oneshot::channel();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -114,22 +197,16 @@ fn serve_doors(
                 // Shard 0 is the shared runtime's; each worker has its own upstream pool.
                 crate::providers::client::set_shard(i + 1);
                 let served = runtime.block_on(async move {
-                    let http = TcpListener::from_std(http).map_err(ServeError::Http)?;
-                    let grpc = TcpListener::from_std(grpc).map_err(ServeError::Http)?;
-                    // No Nagle delay: every SSE chunk goes out as soon as it is written.
-                    let http = http.tap_io(|tcp| {
-                        if let Err(e) = tcp.set_nodelay(true) {
-                            tracing::debug!("cannot set TCP_NODELAY: {e}");
-                        }
-                    });
                     let http = async {
                         axum::serve(http, app)
                             .with_graceful_shutdown(until_true(stop.clone()))
                             .await
                             .map_err(ServeError::Http)
                     };
-                    let incoming =
-                        tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
+                    let incoming = futures_util::stream::unfold(grpc, |mut g| async move {
+                        let tcp = g.next().await;
+                        Some((Ok::<_, std::io::Error>(tcp), g))
+                    });
                     let grpc = async {
                         tonic::transport::Server::builder()
                             .add_routes(routes)
@@ -144,6 +221,8 @@ fn serve_doors(
             .map_err(ServeError::Http)?;
         done.push(rx);
     }
+    tokio::spawn(hand_out(http, to_http, stop.clone()));
+    tokio::spawn(hand_out(grpc, to_grpc, stop.clone()));
     Ok(tokio::spawn(async move {
         let mut pending: futures_util::stream::FuturesUnordered<_> = done.into_iter().collect();
         while let Some(r) = futures_util::StreamExt::next(&mut pending).await {
@@ -198,13 +277,7 @@ pub async fn serve(
             .await
             .map_err(|e| ServeError::Start(e.to_string()))?;
 
-    let doors = Doors {
-        http: http.into_std().map_err(ServeError::Http)?,
-        grpc: grpc.into_std().map_err(ServeError::Http)?,
-        app,
-        routes,
-    };
-    let mut doors_task = serve_doors(doors, workers(), &stop_rx)?;
+    let mut doors_task = serve_doors(http, grpc, app, routes, workers(), &stop_rx)?;
 
     let joined = |r: Result<Result<(), ServeError>, tokio::task::JoinError>| match r {
         Ok(r) => r,
