@@ -256,10 +256,12 @@ pub async fn serve(
             ..SpendWriterOptions::default()
         },
     );
+    let workers = workers();
     let deps = Deps {
         clock: Some(opts.clock.clone()),
         store: Some(store.clone()),
         spend: Some(spend.clone()),
+        workers,
     };
     let gateway = Gateway::start(config, deps)
         .await
@@ -277,7 +279,7 @@ pub async fn serve(
             .await
             .map_err(|e| ServeError::Start(e.to_string()))?;
 
-    let mut doors_task = serve_doors(http, grpc, app, routes, workers(), &stop_rx)?;
+    let mut doors_task = serve_doors(http, grpc, app, routes, workers, &stop_rx)?;
 
     let joined = |r: Result<Result<(), ServeError>, tokio::task::JoinError>| match r {
         Ok(r) => r,

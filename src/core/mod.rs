@@ -109,6 +109,9 @@ pub struct Deps {
     pub store: Option<Store>,
     /// Where spend records go.
     pub spend: Option<SpendWriter>,
+    /// Threads that each call providers over their own connection pool
+    /// (`crate::providers::client::set_shard`); 0 = only the calling runtime's.
+    pub workers: usize,
 }
 
 /// A request admitted for its caller: held until the request (or stream) ends.
@@ -286,7 +289,7 @@ impl Gateway {
         let auth = Auth::load(config.master_key.clone(), deps.store.clone())
             .await
             .map_err(|e| Error::internal(format!("cannot load the keys from the database: {e}")))?;
-        let client = crate::providers::http::HttpClient::new()
+        let client = crate::providers::http::HttpClient::new(deps.workers)
             .map_err(|e| Error::internal(format!("cannot build the HTTP client: {e}")))?;
         let created = types::unix_now();
         let metrics = Arc::new(Metrics::new());

@@ -2448,7 +2448,7 @@ mod tests {
         );
         let loaded = crate::config::load_str(&yaml, "t", &|_| None).unwrap();
         let d = &loaded.config.deployments[0];
-        AnthropicProvider::new(Upstream::new(d, HttpClient::new().unwrap(), false))
+        AnthropicProvider::new(Upstream::new(d, HttpClient::new(0).unwrap(), false))
     }
 
     fn conversation() -> ChatRequest {

@@ -46,17 +46,13 @@ pub fn set_shard(shard: usize) {
     SHARD.with(|s| s.set(shard));
 }
 
-/// Pools to create: one for the shared runtime, one per worker runtime (one per core).
-fn shard_count() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get()) + 1
-}
-
 const AGENT: &str = concat!("ai-api/", env!("CARGO_PKG_VERSION"));
 
 impl HttpClient {
-    /// Idle connections are kept 90 s; connecting may take 10 s; no Nagle delay.
-    pub fn new() -> Result<Self, String> {
-        let shards = (0..shard_count())
+    /// One pool for the shared runtime (shard 0) and one per worker thread (shards
+    /// `1..=workers`). Idle connections are kept 90 s; connecting may take 10 s; no Nagle delay.
+    pub fn new(workers: usize) -> Result<Self, String> {
+        let shards = (0..=workers)
             .map(|_| Self::pool())
             .collect::<Result<Vec<_>, _>>()?;
         Ok(HttpClient {

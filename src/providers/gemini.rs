@@ -2606,7 +2606,7 @@ mod tests {
         let loaded = crate::config::load_str(&yaml, "t", &|_| None).unwrap();
         let d = &loaded.config.deployments[0];
         assert_eq!(d.provider, ProviderKind::Gemini);
-        GeminiProvider::new(Upstream::new(d, HttpClient::new().unwrap(), false))
+        GeminiProvider::new(Upstream::new(d, HttpClient::new(0).unwrap(), false))
     }
 
     /// Keys of a request body that are not camelCase (property names of schemas excepted).
