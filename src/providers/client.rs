@@ -122,28 +122,25 @@ impl UpstreamRequest {
 
     /// Adds a header; a value that cannot be a header (a key with a line break, say) is a
     /// configuration error that names the header, never its value.
-    pub fn header(mut self, name: &'static str, value: &str) -> Result<Self, Error> {
-        let v = HeaderValue::from_str(value).map_err(|_| invalid_header(name))?;
-        self.headers.insert(HeaderName::from_static(name), v);
-        Ok(self)
+    pub fn header(self, name: &'static str, value: &str) -> Result<Self, Error> {
+        self.insert(HeaderName::from_static(name), value, false)
     }
 
     /// `Authorization: Bearer <key>`, marked sensitive.
-    pub fn bearer_auth(mut self, key: &str) -> Result<Self, Error> {
-        let mut v = HeaderValue::from_str(&format!("Bearer {key}"))
-            .map_err(|_| invalid_header("authorization"))?;
-        v.set_sensitive(true);
-        self.headers.insert(AUTHORIZATION, v);
-        Ok(self)
+    pub fn bearer_auth(self, key: &str) -> Result<Self, Error> {
+        self.insert(AUTHORIZATION, &format!("Bearer {key}"), true)
     }
 
     /// A key header (`x-api-key`, `api-key`, `x-goog-api-key`), marked sensitive.
     pub fn key_header(self, name: &'static str, key: &str) -> Result<Self, Error> {
-        let mut s = self.header(name, key)?;
-        if let Some(v) = s.headers.get_mut(name) {
-            v.set_sensitive(true);
-        }
-        Ok(s)
+        self.insert(HeaderName::from_static(name), key, true)
+    }
+
+    fn insert(mut self, name: HeaderName, value: &str, sensitive: bool) -> Result<Self, Error> {
+        let mut v = HeaderValue::from_str(value).map_err(|_| invalid_header(name.as_str()))?;
+        v.set_sensitive(sensitive);
+        self.headers.insert(name, v);
+        Ok(self)
     }
 }
 
