@@ -196,13 +196,12 @@ impl ServedBy {
             ("x-litellm-response-duration-ms", ms(self.started.elapsed())),
             ("x-litellm-overhead-duration-ms", ms(self.overhead())),
         ];
-        for (name, value) in formatted {
-            if let Ok(v) = HeaderValue::from_str(&value) {
+        let cost = cost.map(|c| ("x-litellm-response-cost", c.to_string()));
+        // The formatted strings become the header values as they are (no second copy).
+        for (name, value) in formatted.into_iter().chain(cost) {
+            if let Ok(v) = HeaderValue::try_from(value) {
                 put(name, v);
             }
-        }
-        if let Some(v) = cost.and_then(|c| HeaderValue::from_str(&c.to_string()).ok()) {
-            put("x-litellm-response-cost", v);
         }
     }
 }
