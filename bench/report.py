@@ -64,24 +64,19 @@ def evaluate(results: dict) -> list[dict]:
         rows.append({"target": name, "goal": goal, "measured": measured, "result": verdict,
                      "detail": detail})
 
-    # throughput at c=64
-    c = pick_c(results, "chat", ["ai-http", "litellm"], 64)
-    a, l = find(results, "chat", "ai-http", c), find(results, "chat", "litellm", c)
-    if a and l and l.get("rps"):
-        x = a["rps"] / l["rps"]
-        add(f"HTTP throughput vs LiteLLM (c={c})", ">= 100x", f"{x:.0f}x ({a['rps']:.0f} vs "
-            f"{l['rps']:.1f} req/s)", x >= 100, valid(a, l))
-    else:
-        add("HTTP throughput vs LiteLLM (c=64)", ">= 100x", "not measured", None, False)
+    def throughput(label, top, bottom, goal, minimum, x_fmt, bottom_fmt):
+        """A throughput ratio at c=64: `top`'s req/s over `bottom`'s, at least `minimum`."""
+        c = pick_c(results, "chat", [top, bottom], 64)
+        t, b = find(results, "chat", top, c), find(results, "chat", bottom, c)
+        if t and b and b.get("rps"):
+            x = t["rps"] / b["rps"]
+            add(f"{label} (c={c})", goal, f"{x:{x_fmt}}x ({t['rps']:.0f} vs "
+                f"{b['rps']:{bottom_fmt}} req/s)", x >= minimum, valid(t, b))
+        else:
+            add(f"{label} (c=64)", goal, "not measured", None, False)
 
-    c = pick_c(results, "chat", ["ai-http", "nginx"], 64)
-    a, n = find(results, "chat", "ai-http", c), find(results, "chat", "nginx", c)
-    if a and n and n.get("rps"):
-        x = a["rps"] / n["rps"]
-        add(f"HTTP throughput vs nginx (c={c})", ">= 0.8x", f"{x:.2f}x ({a['rps']:.0f} vs "
-            f"{n['rps']:.0f} req/s)", x >= 0.8, valid(a, n))
-    else:
-        add("HTTP throughput vs nginx (c=64)", ">= 0.8x", "not measured", None, False)
+    throughput("HTTP throughput vs LiteLLM", "ai-http", "litellm", ">= 100x", 100, ".0f", ".1f")
+    throughput("HTTP throughput vs nginx", "ai-http", "nginx", ">= 0.8x", 0.8, ".2f", ".0f")
 
     # not a target: where the bare hyper proxy (bench/floor) sits between nginx and ai-api
     c = pick_c(results, "chat", ["ai-http", "floor", "nginx"], 64)
@@ -115,14 +110,8 @@ def evaluate(results: dict) -> list[dict]:
         add("p99 under load (c=64)", "<= 2x nginx's", "not measured", None, False)
 
     # gRPC vs HTTP
-    c = pick_c(results, "chat", ["ai-http", "ai-grpc"], 64)
-    a, g = find(results, "chat", "ai-http", c), find(results, "chat", "ai-grpc", c)
-    if a and g and a.get("rps"):
-        x = g["rps"] / a["rps"]
-        add(f"gRPC vs HTTP throughput (c={c})", "within 10% (>= 0.9x)",
-            f"{x:.2f}x ({g['rps']:.0f} vs {a['rps']:.0f} req/s)", x >= 0.9, valid(a, g))
-    else:
-        add("gRPC vs HTTP throughput (c=64)", "within 10%", "not measured", None, False)
+    throughput("gRPC vs HTTP throughput", "ai-grpc", "ai-http", "within 10% (>= 0.9x)", 0.9,
+               ".2f", ".0f")
 
     # streaming TTFT
     for t in ("ai-http", "ai-grpc"):
