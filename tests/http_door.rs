@@ -386,7 +386,9 @@ async fn malformed_requests_are_400_and_never_forwarded() {
         .send()
         .await
         .unwrap();
-    assert_openai_error(bad_json, 400).await;
+    let b = assert_openai_error(bad_json, 400).await;
+    assert_eq!(b["error"]["code"], "invalid_json");
+    assert!(b["error"]["param"].is_null(), "{b}");
     let wrong_type = post(
         &gw,
         "/v1/chat/completions",

@@ -89,15 +89,16 @@ fn parse_json_explained<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let mut err = if inner.is_syntax() || inner.is_eof() {
-            Error::bad_request(format!("the request body is not valid JSON: {inner}"))
-                .with_code("invalid_json")
-        } else {
-            Error::bad_request(format!("invalid request: {path}: {inner}"))
-        };
-        if path != "." && !path.is_empty() {
-            err = err.with_param(path);
+        if inner.is_syntax() || inner.is_eof() {
+            // Not JSON at all: there is no field to name (the path would read `?`).
+            return Error::bad_request(format!("the request body is not valid JSON: {inner}"))
+                .with_code("invalid_json");
         }
-        err
+        let err = Error::bad_request(format!("invalid request: {path}: {inner}"));
+        if path != "." && !path.is_empty() {
+            err.with_param(path)
+        } else {
+            err
+        }
     })
 }
