@@ -972,6 +972,37 @@ async fn totals_equal_the_sum_of_the_ledger() {
     .await;
 }
 
+/// Records that keep arriving are written in full batches: a partial batch waits for the
+/// interval (or close) instead of being written a few records at a time.
+#[tokio::test]
+async fn partial_batches_wait_for_the_interval() {
+    each_backend(|db| async move {
+        let store = db.store.clone();
+        let (writer, task) = SpendWriter::start(
+            store.clone(),
+            SpendWriterOptions {
+                batch_size: 4,
+                flush_interval: Duration::from_secs(3600),
+                ..fast_writer()
+            },
+        );
+        for i in 0..10 {
+            writer.record(rec(&format!("p{i}"), None, "m", day("2024-07-01"), 0.01));
+        }
+        wait_until("two full batches", Duration::from_secs(10), || {
+            writer.written() == 8
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!((writer.written(), writer.pending()), (8, 2));
+        writer.flush_and_close().await.unwrap();
+        task.await.unwrap();
+        assert_eq!((writer.written(), writer.pending()), (10, 0));
+        assert_eq!(all_logs(&store).await.len(), 10);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn disable_spend_logs_keeps_totals() {
     each_backend(|db| async move {

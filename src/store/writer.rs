@@ -261,14 +261,33 @@ async fn run(
         // Every handle dropped: nobody can add records or close; finish what is there.
         let orphaned = Arc::strong_count(&shared) == 1;
         if !closed && !orphaned && queued < shared.batch_size {
-            tokio::select! {
-                () = shared.wake.notified() => {}
-                () = tokio::time::sleep(options.flush_interval) => {}
+            // Until the interval ends, a batch fills or the writer closes (a wake-up can be
+            // stale: `notify_one` keeps a permit from records already taken).
+            let until = tokio::time::Instant::now() + options.flush_interval;
+            loop {
+                tokio::select! {
+                    () = shared.wake.notified() => {}
+                    () = tokio::time::sleep_until(until) => break,
+                }
+                let s = shared.state.lock();
+                if s.closed || s.queue.len() >= shared.batch_size {
+                    break;
+                }
             }
         }
+        let mut first = true;
         loop {
             let batch: Vec<SpendRecord> = {
                 let mut s = shared.state.lock();
+                // After the first batch, only full ones: records keep arriving while a batch is
+                // written, and draining to empty would write them a few at a time, one
+                // transaction each (hundreds a second under steady load). A partial batch
+                // waits for the next interval unless the writer is closing.
+                let ending = s.closed || Arc::strong_count(&shared) == 1;
+                if !first && !ending && s.queue.len() < shared.batch_size {
+                    break;
+                }
+                first = false;
                 let n = s.queue.len().min(shared.batch_size);
                 let batch: Vec<SpendRecord> = s.queue.drain(..n).collect();
                 s.in_flight = batch.len();
