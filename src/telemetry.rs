@@ -2,23 +2,126 @@
 //! one JSON object per line with `AI_API_LOG_FORMAT=json`. Keys never reach a log line: the
 //! config holds them as redacting `Secret`s.
 //!
-//! Lines are written by a background thread (`tracing-appender`), buffered and flushed whenever
-//! it has caught up: a request never waits on a `write` to stderr, and a busy server writes its
-//! lines in a few large writes instead of one syscall each. Should the thread fall 8,192 lines
-//! behind, further lines are dropped rather than blocking requests. (The appender's default,
-//! 128,000, preallocates its queue: about 5 MB of resident memory, a third of an idle gateway.)
+//! A request never waits on stderr: lines are appended to an in-memory buffer and a background
+//! thread writes the buffer every [`FLUSH_EVERY`], or as soon as [`WAKE_AT`] bytes wait, in one
+//! `write`. (`tracing-appender`'s writer, used before, wakes its thread for every line: at one
+//! request at a time that thread, its futex wake-ups and one `write` per line were a quarter of
+//! the gateway's CPU.) Should more than [`MAX_PENDING`] bytes wait, further lines are dropped
+//! and counted rather than blocking requests, and the count is logged. Dropping the
+//! [`LogGuard`] writes what is left.
 
-use std::io::{BufWriter, Stderr};
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use parking_lot::{Condvar, Mutex};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::field::MakeExt;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::format::debug_fn;
+
+/// Lines wait at most this long before they are written.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// The writer thread is woken early once this much waits.
+pub const WAKE_AT: usize = 64 * 1024;
+/// Lines beyond this much waiting are dropped (and counted).
+pub const MAX_PENDING: usize = 4 * 1024 * 1024;
 
 /// Keeps the log writer running; dropping it writes what is left. Hold it until exit.
 #[derive(Debug)]
 pub struct LogGuard {
-    _writer: Option<WorkerGuard>,
+    writer: Option<(Arc<Shared>, JoinHandle<()>)>,
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        if let Some((shared, thread)) = self.writer.take() {
+            shared.stop.store(true, Ordering::Release);
+            shared.wake.notify_one();
+            let _ = thread.join();
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    pending: Mutex<Vec<u8>>,
+    wake: Condvar,
+    stop: AtomicBool,
+    dropped: AtomicU64,
+}
+
+/// The subscriber's writer: each formatted line is appended to the shared buffer.
+#[derive(Debug, Clone)]
+struct BufferedLines(Arc<Shared>);
+
+/// One line being written (`tracing-subscriber` writes each event with one `write_all`).
+struct Line<'a>(&'a Shared);
+
+impl Write for Line<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let mut pending = self.0.pending.lock();
+        if pending.len() + bytes.len() > MAX_PENDING {
+            drop(pending);
+            self.0.dropped.fetch_add(1, Ordering::Relaxed);
+            return Ok(bytes.len());
+        }
+        let was_below = pending.len() < WAKE_AT;
+        pending.extend_from_slice(bytes);
+        let wake = was_below && pending.len() >= WAKE_AT;
+        drop(pending);
+        if wake {
+            self.0.wake.notify_one();
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for BufferedLines {
+    type Writer = Line<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        Line(&self.0)
+    }
+}
+
+/// The writer thread: swaps the buffer out and writes it, until stopped and empty.
+fn write_lines(shared: &Shared, out: &mut impl Write) {
+    let mut batch: Vec<u8> = Vec::with_capacity(WAKE_AT);
+    loop {
+        let stopping = {
+            let mut pending = shared.pending.lock();
+            if pending.len() < WAKE_AT && !shared.stop.load(Ordering::Acquire) {
+                shared.wake.wait_for(&mut pending, FLUSH_EVERY);
+            }
+            std::mem::swap(&mut *pending, &mut batch);
+            shared.stop.load(Ordering::Acquire)
+        };
+        let dropped = shared.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            let _ = writeln!(
+                batch,
+                "ai-api: {dropped} log lines were dropped: more than {MAX_PENDING} bytes of \
+                 log waited to be written"
+            );
+        }
+        if !batch.is_empty() {
+            let _ = out.write_all(&batch);
+            let _ = out.flush();
+            batch.clear();
+            // A burst may have grown it: keep the resting size small.
+            batch.shrink_to(WAKE_AT);
+        }
+        if stopping && shared.pending.lock().is_empty() {
+            return;
+        }
+    }
 }
 
 /// Installs the global subscriber (once; later calls return a guard that does nothing).
@@ -29,11 +132,8 @@ pub fn init() -> LogGuard {
         .unwrap_or(false);
     // Colours only for a person at a terminal: escape codes cost time on every line.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let out: BufWriter<Stderr> = BufWriter::with_capacity(64 * 1024, std::io::stderr());
-    let (writer, guard) = NonBlockingBuilder::default()
-        .thread_name("ai-api-log")
-        .buffered_lines_limit(8192)
-        .finish(out);
+    let shared = Arc::new(Shared::default());
+    let writer = BufferedLines(Arc::clone(&shared));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
@@ -56,7 +156,83 @@ pub fn init() -> LogGuard {
         .delimited(" ");
         builder.fmt_fields(fields).try_init()
     };
-    LogGuard {
-        _writer: installed.ok().map(|()| guard),
+    if installed.is_err() {
+        return LogGuard { writer: None };
+    }
+    let thread = {
+        let shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("ai-api-log".into())
+            .spawn(move || write_lines(&shared, &mut std::io::stderr()))
+    };
+    match thread {
+        Ok(thread) => LogGuard {
+            writer: Some((shared, thread)),
+        },
+        Err(e) => {
+            // Without the thread nothing would be written: say so where it can be seen.
+            eprintln!("ai-api: cannot start the log writer thread ({e}); logs are lost");
+            LogGuard { writer: None }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(shared: &Shared, text: &str) {
+        Line(shared).write_all(text.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn lines_are_written_in_order_and_all_of_them_on_stop() {
+        let shared = Arc::new(Shared::default());
+        let out = Arc::new(Mutex::new(Vec::new()));
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl Write for Sink {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let thread = {
+            let (shared, out) = (Arc::clone(&shared), Arc::clone(&out));
+            std::thread::spawn(move || write_lines(&shared, &mut Sink(out)))
+        };
+        let mut want = String::new();
+        for i in 0..5000 {
+            let l = format!("line {i} {}\n", "x".repeat(i % 200));
+            line(&shared, &l);
+            want.push_str(&l);
+        }
+        drop(LogGuard {
+            writer: Some((shared, thread)),
+        });
+        assert_eq!(String::from_utf8(out.lock().clone()).unwrap(), want);
+    }
+
+    #[test]
+    fn lines_beyond_the_limit_are_dropped_and_counted() {
+        let shared = Shared::default();
+        let big = "y".repeat(1024 * 1024 - 1) + "\n";
+        for _ in 0..6 {
+            line(&shared, &big);
+        }
+        assert_eq!(shared.pending.lock().len(), 4 * big.len());
+        assert_eq!(shared.dropped.load(Ordering::Relaxed), 2);
+        shared.stop.store(true, Ordering::Release);
+        let mut out = Vec::new();
+        write_lines(&shared, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with(&big));
+        assert!(
+            text.ends_with("ai-api: 2 log lines were dropped: more than 4194304 bytes of log waited to be written\n"),
+            "{}",
+            &text[text.len() - 200..]
+        );
     }
 }
