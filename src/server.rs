@@ -27,6 +27,7 @@ use crate::core::router::{Clock, SystemClock};
 use crate::core::{Deps, Gateway};
 use crate::http::{HttpOptions, router};
 use crate::store::{SpendWriter, SpendWriterOptions, Store};
+use crate::workers::Workers;
 
 /// How the server runs, beside its config.
 #[derive(Debug, Clone)]
@@ -163,7 +164,7 @@ fn serve_doors(
     grpc: TcpListener,
     app: axum::Router,
     routes: tonic::service::Routes,
-    workers: usize,
+    (workers, pool): (usize, &Workers),
     stop: &watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<Result<(), ServeError>>, ServeError> {
     let (http_local, grpc_local) = (
@@ -172,7 +173,19 @@ fn serve_doors(
     );
     let mut done = Vec::with_capacity(workers);
     let (mut to_http, mut to_grpc) = (Vec::new(), Vec::new());
-    for i in 0..workers {
+    let runtimes = (0..workers)
+        .map(|_| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(ServeError::Http)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    pool.install(runtimes.iter().map(|rt| rt.handle().clone()).collect());
+    // A worker whose own connections have drained keeps running until all have: calls moved
+    // to it from another worker's connection finish there.
+    let all_drained = Arc::new(tokio::sync::Barrier::new(workers));
+    for (i, runtime) in runtimes.into_iter().enumerate() {
         let (http_tx, http_rx) = mpsc::unbounded_channel();
         let (grpc_tx, grpc_rx) = mpsc::unbounded_channel();
         to_http.push(http_tx);
@@ -187,16 +200,14 @@ fn serve_doors(
         };
         let (app, routes, stop) = (app.clone(), routes.clone(), stop.clone());
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(ServeError::Http)?;
+        let all_drained = Arc::clone(&all_drained);
         std::thread::Builder::new()
             .name(format!("ai-api-worker-{i}"))
             .spawn(move || {
                 // Shard 0 is the shared runtime's; each worker has its own upstream pool.
                 crate::providers::client::set_shard(i + 1);
-                let served = runtime.block_on(async move {
+                Workers::enter(i);
+                runtime.block_on(async move {
                     let http = async {
                         axum::serve(http, app)
                             .with_graceful_shutdown(until_true(stop.clone()))
@@ -214,9 +225,9 @@ fn serve_doors(
                             .await
                             .map_err(ServeError::Grpc)
                     };
-                    tokio::try_join!(http, grpc).map(|_| ())
+                    let _ = tx.send(tokio::try_join!(http, grpc).map(|_| ()));
+                    all_drained.wait().await;
                 });
-                let _ = tx.send(served);
             })
             .map_err(ServeError::Http)?;
         done.push(rx);
@@ -274,12 +285,17 @@ pub async fn serve(
         },
     );
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (routes, health_task) =
-        crate::grpc::routes(gateway, config.max_request_size_bytes, stop_rx.clone())
-            .await
-            .map_err(|e| ServeError::Start(e.to_string()))?;
+    let pool = Workers::default();
+    let (routes, health_task) = crate::grpc::routes(
+        gateway,
+        pool.clone(),
+        config.max_request_size_bytes,
+        stop_rx.clone(),
+    )
+    .await
+    .map_err(|e| ServeError::Start(e.to_string()))?;
 
-    let mut doors_task = serve_doors(http, grpc, app, routes, workers, &stop_rx)?;
+    let mut doors_task = serve_doors(http, grpc, app, routes, (workers, &pool), &stop_rx)?;
 
     let joined = |r: Result<Result<(), ServeError>, tokio::task::JoinError>| match r {
         Ok(r) => r,

@@ -11,12 +11,14 @@ pub mod status;
 use tonic::service::Routes;
 
 use crate::core::Gateway;
+use crate::workers::Workers;
 use pb::admin_service_server::AdminServiceServer;
 use pb::ai_api_service_server::AiApiServiceServer;
 
 /// The door's services, ready for a tonic server.
 pub async fn routes(
     gateway: Gateway,
+    workers: Workers,
     max_message_bytes: usize,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(Routes, tokio::task::JoinHandle<()>), Box<dyn std::error::Error + Send + Sync>> {
@@ -37,7 +39,7 @@ pub async fn routes(
         .set_serving::<AdminServiceServer<admin::Admin>>()
         .await;
     let admin = AdminServiceServer::new(admin::Admin::new(gateway.clone()));
-    let api = AiApiServiceServer::new(service::AiApi::new(gateway))
+    let api = AiApiServiceServer::new(service::AiApi::new(gateway, workers))
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(usize::MAX);
     let mut routes = Routes::builder();

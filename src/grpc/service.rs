@@ -1,8 +1,9 @@
 //! `ai_api.v1.AiApiService`: each RPC extracts (key, request id, deadline), converts, calls the
 //! core and converts back. Dropping a call's future (client cancel or deadline) drops the
-//! provider call with it.
+//! provider call with it, on whichever worker it runs.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -14,16 +15,31 @@ use super::pb;
 use super::pb::ai_api_service_server::AiApiService;
 use crate::core::types::{ChatRequest, EmbeddingRequest, ImageRequest};
 use crate::core::{ChatStream, Door, Gateway, RequestContext, ServedBy};
+use crate::workers::Workers;
 
 /// The service over the core.
 #[derive(Debug, Clone)]
 pub struct AiApi {
     gateway: Gateway,
+    workers: Workers,
 }
 
 impl AiApi {
-    pub fn new(gateway: Gateway) -> Self {
-        AiApi { gateway }
+    /// `workers`: where unary calls may be moved when the connection's worker is busier (one
+    /// client's calls usually share one HTTP/2 connection; see [`Workers`]).
+    pub fn new(gateway: Gateway, workers: Workers) -> Self {
+        AiApi { gateway, workers }
+    }
+
+    /// Runs a unary call's work on the least busy worker ([`Workers::run`]).
+    async fn unary<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = Result<Response<T>, Status>> + Send + 'static,
+    ) -> Result<Response<T>, Status> {
+        self.workers.run(work).await.unwrap_or_else(|e| {
+            tracing::error!("a gRPC call failed on its worker: {e}");
+            Err(Status::internal("the call failed unexpectedly"))
+        })
     }
 }
 
@@ -159,18 +175,18 @@ impl AiApiService for AiApi {
         request: Request<pb::ChatRequest>,
     ) -> Result<Response<pb::ChatResponse>, Status> {
         let ctx = context(request.metadata());
-        let id = ctx.request_id.clone();
-        let req = ChatRequest::try_from(request.into_inner()).map_err(|e| status(e, &id))?;
-        let served = self
-            .gateway
-            .chat(&ctx, req)
-            .await
-            .map_err(|e| status(e, &id))?;
-        Ok(respond(
-            pb::ChatResponse::from(&served.value),
-            &id,
-            Some(&served.by),
-        ))
+        let gateway = self.gateway.clone();
+        self.unary(Box::pin(async move {
+            let id = ctx.request_id.as_str();
+            let req = ChatRequest::try_from(request.into_inner()).map_err(|e| status(e, id))?;
+            let served = gateway.chat(&ctx, req).await.map_err(|e| status(e, id))?;
+            Ok(respond(
+                pb::ChatResponse::from(&served.value),
+                id,
+                Some(&served.by),
+            ))
+        }))
+        .await
     }
 
     type StreamChatStream = ChatStreamOut;
@@ -197,18 +213,21 @@ impl AiApiService for AiApi {
         request: Request<pb::GenerateImageRequest>,
     ) -> Result<Response<pb::GenerateImageResponse>, Status> {
         let ctx = context(request.metadata());
-        let id = ctx.request_id.clone();
-        let req = ImageRequest::from(request.into_inner());
-        let served = self
-            .gateway
-            .generate_image(&ctx, req)
-            .await
-            .map_err(|e| status(e, &id))?;
-        Ok(respond(
-            pb::GenerateImageResponse::from(&served.value),
-            &id,
-            Some(&served.by),
-        ))
+        let gateway = self.gateway.clone();
+        self.unary(Box::pin(async move {
+            let id = ctx.request_id.as_str();
+            let req = ImageRequest::from(request.into_inner());
+            let served = gateway
+                .generate_image(&ctx, req)
+                .await
+                .map_err(|e| status(e, id))?;
+            Ok(respond(
+                pb::GenerateImageResponse::from(&served.value),
+                id,
+                Some(&served.by),
+            ))
+        }))
+        .await
     }
 
     async fn list_models(
@@ -232,18 +251,18 @@ impl AiApiService for AiApi {
         request: Request<pb::EmbedRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
         let ctx = context(request.metadata());
-        let id = ctx.request_id.clone();
-        let req = EmbeddingRequest::from(request.into_inner());
-        let served = self
-            .gateway
-            .embed(&ctx, req)
-            .await
-            .map_err(|e| status(e, &id))?;
-        Ok(respond(
-            pb::EmbedResponse::from(&served.value),
-            &id,
-            Some(&served.by),
-        ))
+        let gateway = self.gateway.clone();
+        self.unary(Box::pin(async move {
+            let id = ctx.request_id.as_str();
+            let req = EmbeddingRequest::from(request.into_inner());
+            let served = gateway.embed(&ctx, req).await.map_err(|e| status(e, id))?;
+            Ok(respond(
+                pb::EmbedResponse::from(&served.value),
+                id,
+                Some(&served.by),
+            ))
+        }))
+        .await
     }
 }
 
