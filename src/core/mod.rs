@@ -172,38 +172,47 @@ impl ServedBy {
     /// dashboards keep working; the cost only where it is known when the headers leave.
     pub fn write_headers(&self, cost: Option<f64>, h: &mut http::HeaderMap) {
         use http::{HeaderName, HeaderValue};
+        // Checked at compile time (`from_static` at run time walks every byte).
+        const RETRIES: HeaderName = HeaderName::from_static("x-litellm-attempted-retries");
+        const FALLBACKS: HeaderName = HeaderName::from_static("x-litellm-attempted-fallbacks");
+        const DURATION: HeaderName = HeaderName::from_static("x-litellm-response-duration-ms");
+        const OVERHEAD: HeaderName = HeaderName::from_static("x-litellm-overhead-duration-ms");
+        const COST: HeaderName = HeaderName::from_static("x-litellm-response-cost");
+        // Room for all of them at once, instead of growing the map on the way.
+        h.reserve(self.deployment.identity_headers.len() + 5);
         for (name, value) in &self.deployment.identity_headers {
             h.insert(name.clone(), value.clone());
         }
-        let mut put = |name: &'static str, value: HeaderValue| {
-            h.insert(HeaderName::from_static(name), value);
-        };
-        put(
-            "x-litellm-attempted-retries",
-            HeaderValue::from(self.attempted_retries),
-        );
-        put(
-            "x-litellm-attempted-fallbacks",
-            HeaderValue::from(self.attempted_fallbacks),
-        );
-        // Milliseconds with three decimals, from integer microseconds (float formatting shows
-        // in profiles).
-        let ms = |d: Duration| {
-            let us = d.as_micros();
-            format!("{}.{:03}", us / 1000, us % 1000)
-        };
+        h.insert(RETRIES, HeaderValue::from(self.attempted_retries));
+        h.insert(FALLBACKS, HeaderValue::from(self.attempted_fallbacks));
         let formatted = [
-            ("x-litellm-response-duration-ms", ms(self.started.elapsed())),
-            ("x-litellm-overhead-duration-ms", ms(self.overhead())),
+            (DURATION, millis(self.started.elapsed())),
+            (OVERHEAD, millis(self.overhead())),
         ];
-        let cost = cost.map(|c| ("x-litellm-response-cost", c.to_string()));
+        let cost = cost.map(|c| (COST, c.to_string()));
         // The formatted strings become the header values as they are (no second copy).
         for (name, value) in formatted.into_iter().chain(cost) {
             if let Ok(v) = HeaderValue::try_from(value) {
-                put(name, v);
+                h.insert(name, v);
             }
         }
     }
+}
+
+/// Milliseconds with three decimals (`12.045`), from integer microseconds: float formatting
+/// showed in profiles.
+fn millis(d: Duration) -> String {
+    let us = d.as_micros();
+    let mut digits = itoa::Buffer::new();
+    let whole = digits.format(us / 1000);
+    let frac = (us % 1000) as u16;
+    let mut s = String::with_capacity(whole.len() + 4);
+    s.push_str(whole);
+    s.push('.');
+    for d in [frac / 100, frac / 10 % 10, frac % 10] {
+        s.push(char::from(b'0' + d as u8));
+    }
+    s
 }
 
 /// An answer and where it came from.
@@ -874,5 +883,21 @@ impl Drop for ChatStream {
             let e = Error::new(ErrorKind::Cancelled, "the client went away mid-stream");
             self.end(Some(&e));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::millis;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_read_as_milliseconds_with_three_decimals() {
+        assert_eq!(millis(Duration::from_micros(0)), "0.000");
+        assert_eq!(millis(Duration::from_micros(7)), "0.007");
+        assert_eq!(millis(Duration::from_micros(80)), "0.080");
+        assert_eq!(millis(Duration::from_micros(1_393)), "1.393");
+        assert_eq!(millis(Duration::from_micros(12_045_100)), "12045.100");
+        assert_eq!(millis(Duration::from_nanos(999_999)), "0.999");
     }
 }
