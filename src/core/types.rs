@@ -87,6 +87,14 @@ pub enum Content {
 }
 
 impl Content {
+    /// [`Content::text`], taking the content: plain text moves out without a copy.
+    pub fn into_text(self) -> String {
+        match self {
+            Content::Text(t) => t,
+            parts => parts.text(),
+        }
+    }
+
     /// All the text of the content, parts joined without separator.
     pub fn text(&self) -> String {
         match self {

@@ -89,7 +89,7 @@ pub async fn chat_completions(
         Ok(resp)
     } else {
         let served = gw.chat(&ctx, req).await?;
-        let body = ChatCompletion::from(&served.value);
+        let body = ChatCompletion::from(served.value);
         Ok(with_served_headers(
             &served.by,
             Some(served.by.cost_usd),

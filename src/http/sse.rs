@@ -12,16 +12,17 @@ use crate::core::ChatStream;
 use crate::core::error::Error;
 use crate::openai::{ChatCompletionChunk, ErrorBody};
 
-fn event(json: Vec<u8>) -> Bytes {
-    let mut out = Vec::with_capacity(json.len() + 8);
+/// `data: <json>` and a blank line, serialized straight into the event's buffer.
+fn event(value: &impl serde::Serialize) -> Result<Bytes, serde_json::Error> {
+    let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"data: ");
-    out.extend_from_slice(&json);
+    serde_json::to_writer(&mut out, value)?;
     out.extend_from_slice(b"\n\n");
-    Bytes::from(out)
+    Ok(Bytes::from(out))
 }
 
 fn error_event(e: &Error) -> Bytes {
-    event(serde_json::to_vec(&ErrorBody::from(e)).unwrap_or_default())
+    event(&ErrorBody::from(e)).unwrap_or_else(|_| Bytes::from_static(b"data: {}\n\n"))
 }
 
 /// The SSE body of a chat stream.
@@ -35,9 +36,8 @@ fn events(chunks: ChatStream) -> impl Stream<Item = Result<Bytes, Infallible>> +
         let mut chunks = state?;
         match chunks.next().await {
             Some(Ok(chunk)) => {
-                let wire = ChatCompletionChunk::from(&chunk);
-                let bytes = match serde_json::to_vec(&wire) {
-                    Ok(json) => event(json),
+                let bytes = match event(&ChatCompletionChunk::from(chunk)) {
+                    Ok(bytes) => bytes,
                     Err(e) => {
                         let err = Error::internal(format!("cannot encode a chunk: {e}"));
                         return Some((Ok(error_event(&err)), None));

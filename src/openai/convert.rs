@@ -742,22 +742,23 @@ impl From<&c::Usage> for w::Usage {
     }
 }
 
-impl From<&c::ChatResponse> for w::ChatCompletion {
-    fn from(r: &c::ChatResponse) -> Self {
+impl From<c::ChatResponse> for w::ChatCompletion {
+    /// By value: the answer's strings move into the wire struct, no copies.
+    fn from(r: c::ChatResponse) -> Self {
         w::ChatCompletion {
-            id: r.id.clone(),
+            id: r.id,
             object: chat_completion_object_name(),
             created: r.created,
-            model: r.model.clone(),
+            model: r.model,
             choices: r
                 .choices
-                .iter()
+                .into_iter()
                 .map(|ch| w::Choice {
                     index: ch.index,
                     message: w::ResponseMessage {
                         role: "assistant".into(),
-                        content: ch.message.content.as_ref().map(c::Content::text),
-                        refusal: ch.message.refusal.clone(),
+                        content: ch.message.content.map(c::Content::into_text),
+                        refusal: ch.message.refusal,
                         tool_calls: (!ch.message.tool_calls.is_empty()).then(|| {
                             ch.message
                                 .tool_calls
@@ -766,12 +767,12 @@ impl From<&c::ChatResponse> for w::ChatCompletion {
                                 .collect()
                         }),
                     },
-                    logprobs: ch.logprobs.clone(),
+                    logprobs: ch.logprobs,
                     finish_reason: Some(ch.finish_reason.as_str().into()),
                 })
                 .collect(),
             usage: r.usage.as_ref().map(w::Usage::from),
-            system_fingerprint: r.system_fingerprint.clone(),
+            system_fingerprint: r.system_fingerprint,
         }
     }
 }
@@ -780,40 +781,41 @@ fn chat_completion_object_name() -> String {
     "chat.completion".into()
 }
 
-impl From<&c::ChatChunk> for w::ChatCompletionChunk {
-    fn from(r: &c::ChatChunk) -> Self {
+impl From<c::ChatChunk> for w::ChatCompletionChunk {
+    /// By value: the chunk's strings move into the wire struct, no copies.
+    fn from(r: c::ChatChunk) -> Self {
         w::ChatCompletionChunk {
-            id: r.id.clone(),
+            id: r.id,
             object: "chat.completion.chunk".into(),
             created: r.created,
-            model: r.model.clone(),
-            system_fingerprint: r.system_fingerprint.clone(),
+            model: r.model,
+            system_fingerprint: r.system_fingerprint,
             choices: r
                 .choices
-                .iter()
+                .into_iter()
                 .map(|ch| w::ChunkChoice {
                     index: ch.index,
                     delta: w::Delta {
                         role: ch.delta.role.map(|r| r.as_str().into()),
-                        content: ch.delta.content.clone(),
+                        content: ch.delta.content,
                         tool_calls: (!ch.delta.tool_calls.is_empty()).then(|| {
                             ch.delta
                                 .tool_calls
-                                .iter()
+                                .into_iter()
                                 .map(|t| w::ToolCallChunk {
                                     index: t.index,
-                                    id: t.id.clone(),
                                     kind: t.id.as_ref().map(|_| "function".into()),
+                                    id: t.id,
                                     function: Some(w::FunctionChunk {
-                                        name: t.name.clone(),
-                                        arguments: t.arguments.clone(),
+                                        name: t.name,
+                                        arguments: t.arguments,
                                     }),
                                 })
                                 .collect()
                         }),
-                        refusal: ch.delta.refusal.clone(),
+                        refusal: ch.delta.refusal,
                     },
-                    logprobs: ch.logprobs.clone(),
+                    logprobs: ch.logprobs,
                     finish_reason: ch.finish_reason.map(|f| f.as_str().into()),
                 })
                 .collect(),

@@ -207,6 +207,17 @@ impl ProviderApi for OpenAiProvider {
 
 /// One SSE `data:` payload: a chunk, or an error event the provider sent mid-stream.
 fn parse_chunk(data: &str) -> Result<ChatChunk, Error> {
+    // An error event has an `"error"` key; text that merely mentions the word is escaped
+    // inside a JSON string (`\"error\"`) or unquoted. Without one, parse the chunk directly
+    // (going through a `Value` first costs a second parse per chunk).
+    if !data.contains("\"error\"") {
+        let wire: ChatCompletionChunk = serde_json::from_str(data).map_err(|e| {
+            Error::bad_gateway(format!(
+                "the provider's stream held an unexpected chunk: {e}"
+            ))
+        })?;
+        return Ok(wire.into());
+    }
     let value: serde_json::Value = serde_json::from_str(data).map_err(|e| {
         Error::bad_gateway(format!(
             "the provider's stream held something that is not JSON: {e}"
@@ -230,4 +241,31 @@ fn parse_chunk(data: &str) -> Result<ChatChunk, Error> {
         ))
     })?;
     Ok(wire.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_chunk;
+
+    #[test]
+    fn chunks_parse_and_error_events_become_errors() {
+        let chunk = parse_chunk(
+            r#"{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"say \"error\" twice"},"finish_reason":null}]}"#,
+        )
+        .unwrap();
+        assert_eq!(chunk.id, "c1");
+        assert_eq!(
+            chunk.choices[0].delta.content.as_deref(),
+            Some(r#"say "error" twice"#)
+        );
+
+        let e =
+            parse_chunk(r#"{"error":{"message":"overloaded","type":"server_error","code":503}}"#)
+                .unwrap_err();
+        assert_eq!(e.http_status().as_u16(), 503);
+        assert!(e.message.contains("overloaded"), "{}", e.message);
+
+        let e = parse_chunk("not json").unwrap_err();
+        assert_eq!(e.http_status().as_u16(), 502);
+    }
 }
