@@ -190,9 +190,12 @@ impl ServedBy {
             (OVERHEAD, millis(self.overhead())),
         ];
         let cost = cost.map(|c| (COST, c.to_string()));
-        // The formatted strings become the header values as they are (no second copy).
+        // The formatted strings become the header values as they are (no second copy). They
+        // differ on every answer: marked so HTTP/2 (the gRPC door) sends them as literals
+        // instead of churning its HPACK table with values that never repeat.
         for (name, value) in formatted.into_iter().chain(cost) {
-            if let Ok(v) = HeaderValue::try_from(value) {
+            if let Ok(mut v) = HeaderValue::try_from(value) {
+                v.set_sensitive(true);
                 h.insert(name, v);
             }
         }

@@ -90,7 +90,9 @@ fn put(md: &mut MetadataMap, key: &'static str, value: String) {
 /// `x-litellm-*` headers, from the same core function).
 fn respond<T>(msg: T, request_id: &str, by: Option<&ServedBy>) -> Response<T> {
     let mut headers = http::HeaderMap::with_capacity(9);
-    if let Ok(v) = http::HeaderValue::from_str(request_id) {
+    if let Ok(mut v) = http::HeaderValue::from_str(request_id) {
+        // Unique per call: an HPACK literal, not a table entry (see `write_headers`).
+        v.set_sensitive(true);
         headers.insert("x-request-id", v);
     }
     if let Some(by) = by {
