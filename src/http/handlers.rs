@@ -60,12 +60,39 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
     }
 }
 
-/// A response with where the answer came from, as LiteLLM's `x-litellm-*` headers (written
-/// straight into the response: no intermediate map to merge).
-fn with_served_headers(by: &ServedBy, cost: Option<f64>, body: impl IntoResponse) -> Response {
-    let mut resp = body.into_response();
-    by.write_headers(cost, resp.headers_mut());
+/// A response with where the answer came from, as LiteLLM's `x-litellm-*` headers, written
+/// straight into a header map sized for them once (growing it header by header, and merging
+/// an intermediate map, showed in profiles).
+fn served_response(
+    by: &ServedBy,
+    cost: Option<f64>,
+    content_type: &'static str,
+    body: axum::body::Body,
+) -> Response {
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.reserve(16);
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    by.write_headers(cost, h);
     resp
+}
+
+/// [`served_response`] with a JSON body, serialized into a buffer sized for a typical answer
+/// (axum's `Json` starts at 128 bytes and grows).
+fn served_json(
+    by: &ServedBy,
+    cost: Option<f64>,
+    body: &impl serde::Serialize,
+) -> Result<Response, HttpError> {
+    let mut buf = Vec::with_capacity(1024);
+    serde_json::to_writer(&mut buf, body)
+        .map_err(|e| Error::internal(format!("cannot encode the answer: {e}")))?;
+    Ok(served_response(
+        by,
+        cost,
+        "application/json",
+        axum::body::Body::from(buf),
+    ))
 }
 
 pub async fn chat_completions(
@@ -79,22 +106,19 @@ pub async fn chat_completions(
     let req = ChatRequest::try_from(wire)?;
     if stream {
         let served = gw.chat_stream(&ctx, req).await?;
-        let mut resp = with_served_headers(&served.by, None, sse::body(served.value));
-        let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
+        let mut resp = served_response(
+            &served.by,
+            None,
+            "text/event-stream",
+            sse::body(served.value),
         );
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         Ok(resp)
     } else {
         let served = gw.chat(&ctx, req).await?;
         let body = ChatCompletion::from(served.value);
-        Ok(with_served_headers(
-            &served.by,
-            Some(served.by.cost_usd),
-            Json(body),
-        ))
+        served_json(&served.by, Some(served.by.cost_usd), &body)
     }
 }
 
@@ -118,11 +142,7 @@ pub async fn embeddings(
     };
     let served = gw.embed(&ctx, EmbeddingRequest::from(wire)).await?;
     let body = wire::convert::embedding_response_to_wire(&served.value, base64);
-    Ok(with_served_headers(
-        &served.by,
-        Some(served.by.cost_usd),
-        Json(body),
-    ))
+    served_json(&served.by, Some(served.by.cost_usd), &body)
 }
 
 pub async fn generate_image(
@@ -134,11 +154,7 @@ pub async fn generate_image(
     let wire: ImageGenerationRequest = parse_json(&body)?;
     let served = gw.generate_image(&ctx, ImageRequest::from(wire)).await?;
     let body = ImagesResponse::from(&served.value);
-    Ok(with_served_headers(
-        &served.by,
-        Some(served.by.cost_usd),
-        Json(body),
-    ))
+    served_json(&served.by, Some(served.by.cost_usd), &body)
 }
 
 pub async fn list_models(
