@@ -205,6 +205,58 @@ impl Visit for PlainVisitor<'_> {
     }
 }
 
+/// The line's timestamp as the default timer writes it (`2026-11-24T04:21:40.865027Z`, UTC),
+/// with the date and time of day formatted once per second per thread: formatting the whole
+/// timestamp through `core::fmt` was a fifth of a request line's cost.
+#[derive(Debug, Clone, Copy)]
+struct UtcMicros;
+
+thread_local! {
+    /// The last second formatted on this thread: (seconds since the epoch, `YYYY-MM-DDTHH:MM:SS`).
+    static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` for a time since the epoch.
+fn write_utc_micros(w: &mut Writer<'_>, since_epoch: Duration) -> std::fmt::Result {
+    let secs = since_epoch.as_secs();
+    SECOND.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            let day = i64::try_from(secs / 86_400).unwrap_or(0);
+            let t = secs % 86_400;
+            cached.1 = format!(
+                "{}T{:02}:{:02}:{:02}",
+                crate::store::clock::format_day(day),
+                t / 3600,
+                t / 60 % 60,
+                t % 60
+            );
+            cached.0 = secs;
+        }
+        w.write_str(&cached.1)
+    })?;
+    let micros = since_epoch.subsec_micros();
+    let mut digits = [b'0'; 6];
+    let mut n = micros;
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    w.write_char('.')?;
+    // Six ASCII digits.
+    w.write_str(std::str::from_utf8(&digits).unwrap_or("000000"))?;
+    w.write_char('Z')
+}
+
+impl tracing_subscriber::fmt::time::FormatTime for UtcMicros {
+    fn format_time(&self, w: &mut Writer<'_>) -> std::fmt::Result {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        write_utc_micros(w, now)
+    }
+}
+
 /// Installs the global subscriber (once; later calls return a guard that does nothing).
 pub fn init() -> LogGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -218,6 +270,7 @@ pub fn init() -> LogGuard {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
+        .with_timer(UtcMicros)
         .with_writer(writer);
     let installed = if json {
         builder
@@ -347,6 +400,33 @@ mod tests {
             "{plain}"
         );
         assert_eq!(plain, debug);
+    }
+
+    #[test]
+    fn timestamps_read_as_rfc3339_with_microseconds() {
+        let render = |d: Duration| {
+            let mut s = String::new();
+            write_utc_micros(&mut Writer::new(&mut s), d).unwrap();
+            s
+        };
+        assert_eq!(render(Duration::ZERO), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            render(Duration::new(1_700_000_000, 123_456_789)),
+            "2023-11-14T22:13:20.123456Z"
+        );
+        // The same second again (cached), then the next day.
+        assert_eq!(
+            render(Duration::new(1_700_000_000, 7_000)),
+            "2023-11-14T22:13:20.000007Z"
+        );
+        assert_eq!(
+            render(Duration::new(1_700_000_000 + 86_400, 0)),
+            "2023-11-15T22:13:20.000000Z"
+        );
+        assert_eq!(
+            render(Duration::new(951_782_400 + 86_399, 999_999_000)),
+            "2000-02-29T23:59:59.999999Z"
+        );
     }
 
     #[test]
