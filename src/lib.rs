@@ -15,8 +15,9 @@
 //! - [`http`]: the OpenAI REST door (axum). [`grpc`]: the gRPC door (tonic), with health and
 //!   reflection. Doors only extract, convert, call the core and convert back.
 //! - [`config`]: LiteLLM's `config.yaml`, checked and resolved into a runtime config.
-//! - [`server`]: runs both doors on bound listeners until shutdown; [`cli`]: the command line;
-//!   [`telemetry`]: logging.
+//! - [`server`]: runs both doors on bound listeners until shutdown, on per-core workers
+//!   ([`workers`]: which worker a thread is, moving a gRPC call to a less busy one);
+//!   [`cli`]: the command line; [`telemetry`]: logging.
 
 pub mod cli;
 pub mod config;
