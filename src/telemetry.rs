@@ -308,6 +308,26 @@ pub fn init() -> LogGuard {
 mod tests {
     use super::*;
 
+    /// A writer into memory that tests can read back.
+    #[derive(Clone, Default)]
+    struct SharedBuf(Arc<Mutex<Vec<u8>>>);
+
+    impl SharedBuf {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().clone()).unwrap()
+        }
+    }
+
+    impl Write for SharedBuf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     fn line(shared: &Shared, text: &str) {
         Line(shared).write_all(text.as_bytes()).unwrap();
     }
@@ -315,20 +335,10 @@ mod tests {
     #[test]
     fn lines_are_written_in_order_and_all_of_them_on_stop() {
         let shared = Arc::new(Shared::default());
-        let out = Arc::new(Mutex::new(Vec::new()));
-        struct Sink(Arc<Mutex<Vec<u8>>>);
-        impl Write for Sink {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
+        let out = SharedBuf::default();
         let thread = {
-            let (shared, out) = (Arc::clone(&shared), Arc::clone(&out));
-            std::thread::spawn(move || write_lines(&shared, &mut Sink(out)))
+            let (shared, mut out) = (Arc::clone(&shared), out.clone());
+            std::thread::spawn(move || write_lines(&shared, &mut out))
         };
         let mut want = String::new();
         for i in 0..5000 {
@@ -339,7 +349,7 @@ mod tests {
         drop(LogGuard {
             writer: Some((shared, thread)),
         });
-        assert_eq!(String::from_utf8(out.lock().clone()).unwrap(), want);
+        assert_eq!(out.text(), want);
     }
 
     /// The plain field formatter writes what `name={value:?}` fields wrote before it.
@@ -348,17 +358,6 @@ mod tests {
         use tracing_subscriber::field::MakeExt;
         use tracing_subscriber::fmt::format::debug_fn;
 
-        #[derive(Clone)]
-        struct Buf(Arc<Mutex<Vec<u8>>>);
-        impl Write for Buf {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
         fn emit() {
             let id = "3f2a-\"quoted\"";
             tracing::info!(
@@ -376,7 +375,7 @@ mod tests {
             );
         }
         let capture = |plain: bool| {
-            let out = Buf(Arc::new(Mutex::new(Vec::new())));
+            let out = SharedBuf::default();
             let w = out.clone();
             let builder = tracing_subscriber::fmt()
                 .without_time()
@@ -392,7 +391,7 @@ mod tests {
                 .delimited(" ");
                 tracing::subscriber::with_default(builder.fmt_fields(fields).finish(), emit);
             }
-            String::from_utf8(out.0.lock().clone()).unwrap()
+            out.text()
         };
         let (plain, debug) = (capture(true), capture(false));
         assert!(
