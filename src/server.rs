@@ -7,8 +7,8 @@
 //! stay on one thread, with no work-stealing hand-offs or cross-thread wake-ups (in front of
 //! the same upstream: 7.3-7.9k req/s on one multi-threaded runtime, 10.6-11.4k this way).
 //! Connections are accepted on the shared runtime and handed to the workers in turn, so
-//! long-lived client connections spread evenly (a worker keeps a connection for its life: one
-//! gRPC client multiplexing everything over one HTTP/2 connection is served by one core). The
+//! long-lived client connections spread evenly (a worker keeps a connection for its life; a
+//! gRPC call may still run on a less busy worker, `crate::workers`). The
 //! shared multi-threaded runtime also keeps the background work (spend writer, database,
 //! health watch). `AI_API_HTTP_WORKERS` sets the number of workers.
 
@@ -204,8 +204,7 @@ fn serve_doors(
         std::thread::Builder::new()
             .name(format!("ai-api-worker-{i}"))
             .spawn(move || {
-                // Shard 0 is the shared runtime's; each worker has its own upstream pool.
-                crate::providers::client::set_shard(i + 1);
+                // Also picks this worker's own upstream pool (pool 0 is the shared runtime's).
                 Workers::enter(i);
                 runtime.block_on(async move {
                     let http = async {

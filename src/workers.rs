@@ -97,6 +97,12 @@ impl Workers {
         CURRENT.with(|c| c.set(Some(index)));
     }
 
+    /// The worker the calling thread is, if it is one (the upstream client picks its
+    /// connection pool by it).
+    pub fn current() -> Option<usize> {
+        CURRENT.with(Cell::get)
+    }
+
     /// Runs `work` here, or on the least busy worker if it has at least two calls fewer in
     /// flight than this one. A panic on the other worker comes back as `Err`.
     pub async fn run<F>(&self, work: F) -> Result<F::Output, JoinError>
@@ -104,7 +110,7 @@ impl Workers {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let (Some(workers), Some(here)) = (self.inner.get(), CURRENT.with(Cell::get)) else {
+        let (Some(workers), Some(here)) = (self.inner.get(), Self::current()) else {
             return Ok(work.await);
         };
         let Some(local) = workers.get(here) else {
@@ -174,17 +180,13 @@ mod tests {
         rx.recv().unwrap()
     }
 
-    fn thread_index() -> Option<usize> {
-        CURRENT.with(Cell::get)
-    }
-
     #[test]
     fn busy_worker_hands_calls_to_an_idle_one_and_one_call_stays_home() {
         let (workers, threads, stops) = two_workers();
         let w = workers.clone();
         let ran_on: Vec<Option<usize>> = on_worker(&workers, 0, async move {
             // One call at a time: it runs where it arrived.
-            let alone = w.run(async { thread_index() }).await.unwrap();
+            let alone = w.run(async { Workers::current() }).await.unwrap();
             // Eight calls at once, each waiting: the later ones move to worker 1.
             let (release, wait) = tokio::sync::watch::channel(false);
             let calls: Vec<_> = (0..8)
@@ -192,7 +194,7 @@ mod tests {
                     let (w, mut wait) = (w.clone(), wait.clone());
                     tokio::spawn(async move {
                         w.run(async move {
-                            let at = thread_index();
+                            let at = Workers::current();
                             let _ = wait.wait_for(|r| *r).await;
                             at
                         })

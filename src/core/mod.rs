@@ -109,8 +109,8 @@ pub struct Deps {
     pub store: Option<Store>,
     /// Where spend records go.
     pub spend: Option<SpendWriter>,
-    /// Threads that each call providers over their own connection pool
-    /// (`crate::providers::client::set_shard`); 0 = only the calling runtime's.
+    /// Worker threads that each call providers over their own connection pool
+    /// (`crate::workers`); 0 = only the calling runtime's.
     pub workers: usize,
 }
 

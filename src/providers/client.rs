@@ -7,11 +7,10 @@
 //!
 //! The pool is sharded by runtime: the doors run one single-threaded runtime per core
 //! (`crate::server`), and each calls providers over its own connections, so a request and
-//! the connection task that carries it stay on one thread ([`set_shard`]).
+//! the connection task that carries it stay on one thread (the pool is picked by
+//! [`Workers::current`]).
 
-use std::cell::Cell;
 use std::sync::Arc;
-
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,6 +23,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::core::error::{Error, ErrorKind};
+use crate::workers::Workers;
 
 /// An answer whose body has not been read yet.
 pub type UpstreamResponse = http::Response<hyper::body::Incoming>;
@@ -33,17 +33,8 @@ type Pool = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 /// The pooled client (cheap to clone: clones share the pools).
 #[derive(Debug, Clone)]
 pub struct HttpClient {
-    /// One pool per shard; shard 0 serves every thread that did not call [`set_shard`].
+    /// Pool 0 serves every thread that is not a worker; pool `i + 1` serves worker `i`.
     shards: Arc<[Pool]>,
-}
-
-thread_local! {
-    static SHARD: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Makes this thread call providers over pool `shard` (taken modulo the number of pools).
-pub fn set_shard(shard: usize) {
-    SHARD.with(|s| s.set(shard));
 }
 
 const AGENT: &str = concat!("ai-api/", env!("CARGO_PKG_VERSION"));
@@ -90,7 +81,7 @@ impl HttpClient {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(USER_AGENT, HeaderValue::from_static(AGENT));
         *req.headers_mut() = headers;
-        let shard = SHARD.with(Cell::get) % self.shards.len();
+        let shard = Workers::current().map_or(0, |i| i + 1) % self.shards.len();
         self.shards[shard]
             .request(req)
             .await
