@@ -154,10 +154,6 @@ impl ServedBy {
         &self.deployment.config.id
     }
 
-    pub fn api_base(&self) -> Option<&str> {
-        self.deployment.config.api_base.as_deref()
-    }
-
     /// The provider's model name.
     pub fn provider_model(&self) -> &str {
         &self.deployment.config.upstream_model
@@ -178,7 +174,8 @@ impl ServedBy {
         const DURATION: HeaderName = HeaderName::from_static("x-litellm-response-duration-ms");
         const OVERHEAD: HeaderName = HeaderName::from_static("x-litellm-overhead-duration-ms");
         const COST: HeaderName = HeaderName::from_static("x-litellm-response-cost");
-        // Room for all of them at once, instead of growing the map on the way.
+        // Room for all of them at once, instead of growing the map on the way (with the
+        // rounding up, there is room left for the door's content type and request id).
         h.reserve(self.deployment.identity_headers.len() + 5);
         for (name, value) in &self.deployment.identity_headers {
             h.insert(name.clone(), value.clone());

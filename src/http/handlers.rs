@@ -61,8 +61,8 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
 }
 
 /// A response with where the answer came from, as LiteLLM's `x-litellm-*` headers, written
-/// straight into a header map sized for them once (growing it header by header, and merging
-/// an intermediate map, showed in profiles).
+/// straight into the response's header map, which `write_headers` sizes once (growing it
+/// header by header, and merging an intermediate map, showed in profiles).
 fn served_response(
     by: &ServedBy,
     cost: Option<f64>,
@@ -71,9 +71,8 @@ fn served_response(
 ) -> Response {
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
-    h.reserve(16);
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     by.write_headers(cost, h);
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
 }
 
