@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use super::pb;
 use super::pb::ai_api_service_server::AiApiService;
 use crate::core::types::{ChatRequest, EmbeddingRequest, ImageRequest};
-use crate::core::{ChatStream, Door, Gateway, RequestContext, ServedBy};
+use crate::core::{ChatStream, Door, Gateway, RequestContext, Served, ServedBy};
 use crate::workers::Workers;
 
 /// The service over the core.
@@ -89,18 +89,35 @@ fn put(md: &mut MetadataMap, key: &'static str, value: String) {
 /// Response metadata: the request id, and where the answer came from (the HTTP door's
 /// `x-litellm-*` headers, from the same core function).
 fn respond<T>(msg: T, request_id: &str, by: Option<&ServedBy>) -> Response<T> {
-    let mut headers = http::HeaderMap::with_capacity(9);
+    let mut headers = http::HeaderMap::new();
+    if let Some(by) = by {
+        by.write_headers(Some(by.cost_usd), &mut headers);
+    }
     if let Ok(mut v) = http::HeaderValue::from_str(request_id) {
         // Unique per call: an HPACK literal, not a table entry (see `write_headers`).
         v.set_sensitive(true);
         headers.insert("x-request-id", v);
     }
-    if let Some(by) = by {
-        by.write_headers(Some(by.cost_usd), &mut headers);
-    }
     let mut resp = Response::new(msg);
     *resp.metadata_mut() = MetadataMap::from_headers(headers);
     resp
+}
+
+/// A unary call's answer: the core's value as the message, with [`respond`]'s metadata, or
+/// its error as a status; both carry the request id.
+fn answer<V, M>(
+    request_id: &str,
+    served: Result<Served<V>, crate::core::error::Error>,
+) -> Result<Response<M>, Status>
+where
+    M: for<'a> From<&'a V>,
+{
+    let served = served.map_err(|e| status(e, request_id))?;
+    Ok(respond(
+        M::from(&served.value),
+        request_id,
+        Some(&served.by),
+    ))
 }
 
 fn status(e: crate::core::error::Error, request_id: &str) -> Status {
@@ -181,12 +198,7 @@ impl AiApiService for AiApi {
         self.unary(Box::pin(async move {
             let id = ctx.request_id.as_str();
             let req = ChatRequest::try_from(request.into_inner()).map_err(|e| status(e, id))?;
-            let served = gateway.chat(&ctx, req).await.map_err(|e| status(e, id))?;
-            Ok(respond(
-                pb::ChatResponse::from(&served.value),
-                id,
-                Some(&served.by),
-            ))
+            answer(id, gateway.chat(&ctx, req).await)
         }))
         .await
     }
@@ -206,8 +218,7 @@ impl AiApiService for AiApi {
             .chat_stream(&ctx, req)
             .await
             .map_err(|e| status(e, &id))?;
-        let by = served.by.clone();
-        Ok(respond(stream_out(served.value), &id, Some(&by)))
+        Ok(respond(stream_out(served.value), &id, Some(&served.by)))
     }
 
     async fn generate_image(
@@ -217,17 +228,9 @@ impl AiApiService for AiApi {
         let ctx = context(request.metadata());
         let gateway = self.gateway.clone();
         self.unary(Box::pin(async move {
-            let id = ctx.request_id.as_str();
             let req = ImageRequest::from(request.into_inner());
-            let served = gateway
-                .generate_image(&ctx, req)
-                .await
-                .map_err(|e| status(e, id))?;
-            Ok(respond(
-                pb::GenerateImageResponse::from(&served.value),
-                id,
-                Some(&served.by),
-            ))
+            let served = gateway.generate_image(&ctx, req).await;
+            answer(&ctx.request_id, served)
         }))
         .await
     }
@@ -255,14 +258,9 @@ impl AiApiService for AiApi {
         let ctx = context(request.metadata());
         let gateway = self.gateway.clone();
         self.unary(Box::pin(async move {
-            let id = ctx.request_id.as_str();
             let req = EmbeddingRequest::from(request.into_inner());
-            let served = gateway.embed(&ctx, req).await.map_err(|e| status(e, id))?;
-            Ok(respond(
-                pb::EmbedResponse::from(&served.value),
-                id,
-                Some(&served.by),
-            ))
+            let served = gateway.embed(&ctx, req).await;
+            answer(&ctx.request_id, served)
         }))
         .await
     }
