@@ -24,7 +24,9 @@ use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::http::{Upstream, UpstreamRequest, parse_uri, sse_events, stream_cut, upstream_error};
+use super::http::{
+    FixedHeaders, Upstream, UpstreamRequest, parse_uri, sse_events, stream_cut, upstream_error,
+};
 use super::{ChunkStream, ProviderApi};
 use crate::core::error::Error;
 use crate::core::types::{
@@ -59,20 +61,25 @@ pub struct AnthropicProvider {
     up: Upstream,
     /// Parsed once, at startup.
     url: Result<http::Uri, String>,
+    /// Built once: API version and key.
+    headers: Result<FixedHeaders, Error>,
 }
 
 impl AnthropicProvider {
     pub fn new(up: Upstream) -> Self {
         let url = parse_uri(messages_url(up.base(DEFAULT_API_BASE)));
-        AnthropicProvider { up, url }
+        let headers = (|| {
+            let mut h = FixedHeaders::json().header("anthropic-version", API_VERSION)?;
+            if let Some(key) = up.key()? {
+                h = h.key_header("x-api-key", key.expose())?;
+            }
+            Ok(h)
+        })();
+        AnthropicProvider { up, url, headers }
     }
 
     fn post(&self) -> Result<UpstreamRequest, Error> {
-        let mut b = UpstreamRequest::post(&self.url)?.header("anthropic-version", API_VERSION)?;
-        if let Some(key) = self.up.key()? {
-            b = b.key_header("x-api-key", key.expose())?;
-        }
-        Ok(b)
+        UpstreamRequest::post(&self.url, &self.headers)
     }
 
     fn unsupported(&self, what: &str) -> Error {

@@ -68,7 +68,8 @@ impl HttpClient {
             .build(https))
     }
 
-    /// Sends `body` as JSON. The status is not judged here.
+    /// Sends `body` (JSON: the headers carry its content type). The status is not judged
+    /// here.
     pub async fn send_json(
         &self,
         call: UpstreamRequest,
@@ -77,10 +78,7 @@ impl HttpClient {
         let mut req = Request::new(Full::new(Bytes::from(body)));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = call.uri;
-        let mut headers = call.headers;
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert(USER_AGENT, HeaderValue::from_static(AGENT));
-        *req.headers_mut() = headers;
+        *req.headers_mut() = call.headers;
         let shard = Workers::current().map_or(0, |i| i + 1) % self.shards.len();
         self.shards[shard]
             .request(req)
@@ -89,26 +87,18 @@ impl HttpClient {
     }
 }
 
-/// A call being prepared: where it goes and its headers.
+/// The headers a deployment sends on every call (content type, user agent, its key, API
+/// version, organization), built once when the deployment is set up rather than per call.
 #[derive(Debug, Clone)]
-pub struct UpstreamRequest {
-    uri: Uri,
-    headers: HeaderMap,
-}
+pub struct FixedHeaders(HeaderMap);
 
-impl UpstreamRequest {
-    /// A POST to `uri` (parsed once per deployment: see [`parse_uri`]).
-    pub fn post(uri: &Result<Uri, String>) -> Result<Self, Error> {
-        let uri = uri.as_ref().map_err(|e| {
-            Error::new(
-                ErrorKind::Config,
-                format!("the provider URL is not valid: {e}"),
-            )
-        })?;
-        Ok(UpstreamRequest {
-            uri: uri.clone(),
-            headers: HeaderMap::with_capacity(6),
-        })
+impl FixedHeaders {
+    /// `Content-Type: application/json` and ai-api's user agent.
+    pub fn json() -> Self {
+        let mut h = HeaderMap::with_capacity(6);
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(USER_AGENT, HeaderValue::from_static(AGENT));
+        FixedHeaders(h)
     }
 
     /// Adds a header; a value that cannot be a header (a key with a line break, say) is a
@@ -130,8 +120,36 @@ impl UpstreamRequest {
     fn insert(mut self, name: HeaderName, value: &str, sensitive: bool) -> Result<Self, Error> {
         let mut v = HeaderValue::from_str(value).map_err(|_| invalid_header(name.as_str()))?;
         v.set_sensitive(sensitive);
-        self.headers.insert(name, v);
+        self.0.insert(name, v);
         Ok(self)
+    }
+}
+
+/// A call being prepared: where it goes and its headers.
+#[derive(Debug, Clone)]
+pub struct UpstreamRequest {
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl UpstreamRequest {
+    /// A POST to `uri` with `headers`, both prepared once per deployment (see [`parse_uri`],
+    /// [`FixedHeaders`]); either one's error is the call's.
+    pub fn post(
+        uri: &Result<Uri, String>,
+        headers: &Result<FixedHeaders, Error>,
+    ) -> Result<Self, Error> {
+        let uri = uri.as_ref().map_err(|e| {
+            Error::new(
+                ErrorKind::Config,
+                format!("the provider URL is not valid: {e}"),
+            )
+        })?;
+        let headers = headers.as_ref().map_err(Clone::clone)?;
+        Ok(UpstreamRequest {
+            uri: uri.clone(),
+            headers: headers.0.clone(),
+        })
     }
 }
 
@@ -194,13 +212,14 @@ mod tests {
     #[test]
     fn header_values_are_checked_and_keys_marked_sensitive() {
         let uri = parse_uri("http://127.0.0.1:9/v1".into());
-        let r = UpstreamRequest::post(&uri).unwrap();
-        assert!(r.clone().header("anthropic-version", "bad\nvalue").is_err());
-        let r = r
+        let h = FixedHeaders::json();
+        assert!(h.clone().header("anthropic-version", "bad\nvalue").is_err());
+        let h = h
             .bearer_auth("sk-x")
             .unwrap()
             .key_header("x-api-key", "k")
             .unwrap();
+        let r = UpstreamRequest::post(&uri, &Ok(h)).unwrap();
         assert!(r.headers[AUTHORIZATION].is_sensitive());
         assert!(r.headers["x-api-key"].is_sensitive());
         assert_eq!(r.headers[AUTHORIZATION], "Bearer sk-x");

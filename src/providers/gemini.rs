@@ -25,7 +25,9 @@ use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::http::{Upstream, UpstreamRequest, parse_uri, sse_events, stream_cut, upstream_error};
+use super::http::{
+    FixedHeaders, Upstream, UpstreamRequest, parse_uri, sse_events, stream_cut, upstream_error,
+};
 use super::{ChunkStream, ProviderApi};
 use crate::core::error::{Error, ErrorKind};
 use crate::core::types::{
@@ -46,6 +48,8 @@ pub struct GeminiProvider {
     generate_url: Result<http::Uri, String>,
     stream_url: Result<http::Uri, String>,
     embed_url: Result<http::Uri, String>,
+    /// Built once: the key.
+    headers: Result<FixedHeaders, Error>,
 }
 
 impl GeminiProvider {
@@ -60,7 +64,12 @@ impl GeminiProvider {
         };
         let model_url = format!("{base}/{resource}");
         let method = |m: &str| parse_uri(format!("{model_url}:{m}"));
+        let headers = upstream.key().and_then(|key| match key {
+            Some(key) => FixedHeaders::json().key_header("x-goog-api-key", key.expose()),
+            None => Ok(FixedHeaders::json()),
+        });
         GeminiProvider {
+            headers,
             generate_url: method("generateContent"),
             stream_url: method("streamGenerateContent?alt=sse"),
             embed_url: method("batchEmbedContents"),
@@ -80,11 +89,7 @@ impl GeminiProvider {
     }
 
     fn post(&self, url: &Result<http::Uri, String>) -> Result<UpstreamRequest, Error> {
-        let mut b = UpstreamRequest::post(url)?;
-        if let Some(key) = self.upstream.key()? {
-            b = b.key_header("x-goog-api-key", key.expose())?;
-        }
-        Ok(b)
+        UpstreamRequest::post(url, &self.headers)
     }
 
     fn fallback_model(&self) -> &str {

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::client::body_error;
-pub use super::client::{HttpClient, UpstreamRequest, UpstreamResponse, parse_uri};
+pub use super::client::{FixedHeaders, HttpClient, UpstreamRequest, UpstreamResponse, parse_uri};
 
 use crate::config::{DeploymentConfig, Secret};
 use crate::core::error::{Error, ErrorKind};

@@ -5,7 +5,9 @@
 
 use futures_util::StreamExt;
 
-use super::http::{Upstream, UpstreamRequest, parse_uri, sse_events, stream_cut, upstream_error};
+use super::http::{
+    FixedHeaders, Upstream, UpstreamRequest, parse_uri, sse_events, stream_cut, upstream_error,
+};
 use super::{ChunkStream, ProviderApi, ProviderKind};
 use crate::core::error::Error;
 use crate::core::types::{
@@ -71,7 +73,8 @@ pub struct OpenAiProvider {
     chat_url: Result<http::Uri, String>,
     embeddings_url: Result<http::Uri, String>,
     images_url: Result<http::Uri, String>,
-    auth: Auth,
+    /// Built once: key, organization.
+    headers: Result<FixedHeaders, Error>,
     max_field: MaxTokensField,
 }
 
@@ -113,25 +116,30 @@ impl OpenAiProvider {
             chat_url: parse_uri(chat_url),
             embeddings_url: parse_uri(embeddings_url),
             images_url: parse_uri(images_url),
-            auth: p.auth,
+            headers: fixed_headers(&up, p.auth),
             max_field: p.max_field,
             up,
         }
     }
 
     fn post(&self, url: &Result<http::Uri, String>) -> Result<UpstreamRequest, Error> {
-        let mut b = UpstreamRequest::post(url)?;
-        if let Some(key) = self.up.key()? {
-            b = match self.auth {
-                Auth::Bearer => b.bearer_auth(key.expose())?,
-                Auth::ApiKeyHeader => b.key_header("api-key", key.expose())?,
-            };
-        }
-        if let Some(org) = &self.up.deployment.organization {
-            b = b.header("openai-organization", org)?;
-        }
-        Ok(b)
+        UpstreamRequest::post(url, &self.headers)
     }
+}
+
+/// The headers of every call: the key as the host expects it, and the organization.
+fn fixed_headers(up: &Upstream, auth: Auth) -> Result<FixedHeaders, Error> {
+    let mut h = FixedHeaders::json();
+    if let Some(key) = up.key()? {
+        h = match auth {
+            Auth::Bearer => h.bearer_auth(key.expose())?,
+            Auth::ApiKeyHeader => h.key_header("api-key", key.expose())?,
+        };
+    }
+    if let Some(org) = &up.deployment.organization {
+        h = h.header("openai-organization", org)?;
+    }
+    Ok(h)
 }
 
 impl ProviderApi for OpenAiProvider {
