@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::Config;
 use crate::core::router::{Clock, SystemClock};
 use crate::core::{Deps, Gateway};
-use crate::http::{HttpOptions, router};
+use crate::http::{Door, HttpOptions};
 use crate::store::{SpendWriter, SpendWriterOptions, Store};
 use crate::workers::Workers;
 
@@ -162,7 +162,7 @@ async fn hand_out(
 fn serve_doors(
     http: TcpListener,
     grpc: TcpListener,
-    app: axum::Router,
+    app: Door,
     routes: tonic::service::Routes,
     (workers, pool): (usize, &Workers),
     stop: &watch::Receiver<bool>,
@@ -276,7 +276,7 @@ pub async fn serve(
     let gateway = Gateway::start(config, deps)
         .await
         .map_err(|e| ServeError::Start(e.message))?;
-    let app = router(
+    let app = Door::new(
         gateway.clone(),
         &HttpOptions {
             root_path: opts.root_path.clone(),

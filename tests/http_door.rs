@@ -628,3 +628,61 @@ async fn metrics_count_requests_tokens_and_cost_with_bounded_labels() {
     );
     assert!(text.contains(r#"model_group="unknown""#));
 }
+
+/// The chat route is served without the router (`http::Door`): its edges must answer as the
+/// router's routes do — other methods 405, a trailing slash 404, both in OpenAI's shape; a
+/// generated request id on every answer, errors included; a bad key 401.
+#[tokio::test]
+async fn the_direct_chat_route_keeps_the_routers_edges() {
+    let (fake, gw) = setup("").await;
+    let url = gw.url("/v1/chat/completions");
+
+    let get = client()
+        .get(&url)
+        .bearer_auth(MASTER_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 405);
+    let b: Value = get.json().await.unwrap();
+    assert_eq!(b["error"]["code"], "method_not_allowed");
+
+    let slash = post(&gw, "/v1/chat/completions/", &chat_body(false)).await;
+    assert_eq!(slash.status(), 404);
+    let b: Value = slash.json().await.unwrap();
+    assert_eq!(b["error"]["code"], "route_not_found");
+
+    let bad_key = client()
+        .post(&url)
+        .bearer_auth("sk-wrong")
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_key.status(), 401);
+    let id = bad_key.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    let b: Value = bad_key.json().await.unwrap();
+    assert!(b["error"]["message"].is_string());
+
+    let not_json = client()
+        .post(&url)
+        .bearer_auth(MASTER_KEY)
+        .header("content-type", "application/json")
+        .body("{nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_json.status(), 400);
+    assert!(not_json.headers().get("x-request-id").is_some());
+    assert_eq!(fake.hits(), 0);
+
+    // Two requests, two ids.
+    let a = post(&gw, "/v1/chat/completions", &chat_body(false)).await;
+    let b = post(&gw, "/chat/completions", &chat_body(false)).await;
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200));
+    assert_ne!(a.headers()["x-request-id"], b.headers()["x-request-id"]);
+}

@@ -53,18 +53,38 @@ impl<S: Send + Sync> FromRequest<S> for Body {
         match Bytes::from_request(req, state).await {
             Ok(b) => Ok(Body(b)),
             Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(HttpError(Error::new(
-                    ErrorKind::PayloadTooLarge,
-                    "the request body is larger than the gateway accepts (general_settings.max_request_size_mb)",
-                )
-                .with_code("request_too_large")))
+                Err(too_large())
             }
-            Err(rejection) => Err(HttpError(Error::bad_request(format!(
-                "cannot read the request body: {}",
-                rejection.body_text()
-            )))),
+            Err(rejection) => Err(unreadable(rejection.body_text())),
         }
     }
+}
+
+/// The body within `limit` bytes, with [`Body`]'s errors (for a route served without the
+/// router, whose `DefaultBodyLimit` layer is what [`Body`] reads its limit from).
+pub(crate) async fn read_body(body: axum::body::Body, limit: usize) -> Result<Bytes, HttpError> {
+    use http_body_util::{BodyExt, LengthLimitError, Limited};
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) => Err(unreadable(e)),
+    }
+}
+
+fn too_large() -> HttpError {
+    HttpError(
+        Error::new(
+            ErrorKind::PayloadTooLarge,
+            "the request body is larger than the gateway accepts (general_settings.max_request_size_mb)",
+        )
+        .with_code("request_too_large"),
+    )
+}
+
+fn unreadable(why: impl std::fmt::Display) -> HttpError {
+    HttpError(Error::bad_request(format!(
+        "cannot read the request body: {why}"
+    )))
 }
 
 /// Parses a JSON body; the error names the path of the field at fault.

@@ -7,9 +7,17 @@ pub mod error;
 pub mod handlers;
 pub mod sse;
 
+use std::convert::Infallible;
+use std::future::{Ready, ready};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::response::Response;
 use axum::routing::{get, post};
+use axum::serve::{IncomingStream, Listener};
+use futures_util::future::{BoxFuture, Either};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::core::Gateway;
@@ -74,4 +82,86 @@ pub fn router(gateway: Gateway, opts: &HttpOptions) -> Router {
         .layer(DefaultBodyLimit::max(opts.max_body_bytes))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+/// The HTTP door as served: `POST` to the chat-completions paths goes straight to its handler
+/// ([`handlers::chat_direct`]), every other request through the [`router`]. The hot route
+/// skips the router's per-request machinery; what the router's layers do for it (request id,
+/// body limit, errors in OpenAI's shape) the direct path does too.
+#[derive(Clone)]
+pub struct Door {
+    router: Router,
+    direct: Arc<Direct>,
+}
+
+struct Direct {
+    gateway: Gateway,
+    /// `{root}/chat/completions` and `{root}/v1/chat/completions`.
+    chat: [String; 2],
+    max_body_bytes: usize,
+}
+
+impl std::fmt::Debug for Door {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Door")
+            .field("chat", &self.direct.chat)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Door {
+    pub fn new(gateway: Gateway, opts: &HttpOptions) -> Self {
+        let root = normalize_root(&opts.root_path);
+        Door {
+            router: router(gateway.clone(), opts),
+            direct: Arc::new(Direct {
+                gateway,
+                chat: [
+                    format!("{root}/chat/completions"),
+                    format!("{root}/v1/chat/completions"),
+                ],
+                max_body_bytes: opts.max_body_bytes,
+            }),
+        }
+    }
+}
+
+impl tower::Service<Request> for Door {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<
+        BoxFuture<'static, Result<Response, Infallible>>,
+        axum::routing::future::RouteFuture<Infallible>,
+    >;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let d = &self.direct;
+        if req.method() == http::Method::POST && d.chat.iter().any(|p| p == req.uri().path()) {
+            let (gw, limit) = (d.gateway.clone(), d.max_body_bytes);
+            Either::Left(Box::pin(async move {
+                Ok(handlers::chat_direct(gw, req, limit).await)
+            }))
+        } else {
+            Either::Right(self.router.call(req))
+        }
+    }
+}
+
+/// `axum::serve` asks for a service per connection: the door itself.
+impl<L: Listener> tower::Service<IncomingStream<'_, L>> for Door {
+    type Response = Door;
+    type Error = Infallible;
+    type Future = Ready<Result<Door, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _conn: IncomingStream<'_, L>) -> Self::Future {
+        ready(Ok(self.clone()))
+    }
 }
