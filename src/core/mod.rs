@@ -180,8 +180,8 @@ impl ServedBy {
         for (name, value) in &self.deployment.identity_headers {
             h.insert(name.clone(), value.clone());
         }
-        h.insert(RETRIES, HeaderValue::from(self.attempted_retries));
-        h.insert(FALLBACKS, HeaderValue::from(self.attempted_fallbacks));
+        h.insert(RETRIES, count(self.attempted_retries));
+        h.insert(FALLBACKS, count(self.attempted_fallbacks));
         let formatted = [
             (DURATION, millis(self.started.elapsed())),
             (OVERHEAD, millis(self.overhead())),
@@ -201,6 +201,17 @@ impl ServedBy {
 
 /// Milliseconds with three decimals (`12.045`), from integer microseconds: float formatting
 /// showed in profiles.
+/// A count as a header value; the usual ones (no retry, no fallback) without an allocation.
+fn count(n: u32) -> http::HeaderValue {
+    use http::HeaderValue;
+    match n {
+        0 => HeaderValue::from_static("0"),
+        1 => HeaderValue::from_static("1"),
+        2 => HeaderValue::from_static("2"),
+        _ => HeaderValue::from(n),
+    }
+}
+
 fn millis(d: Duration) -> String {
     let us = d.as_micros();
     let mut digits = itoa::Buffer::new();
