@@ -111,7 +111,14 @@ async fn read_body(resp: UpstreamResponse) -> Result<Bytes, Error> {
 
 /// Decodes a provider's JSON, calling anything else a bad gateway.
 pub fn decode_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
-    serde_json::from_slice(body).map_err(|e| {
+    // UTF-8 checked once for the whole body: `from_slice` checks every string on its own,
+    // a call per string (~3k instructions of a plain chat request).
+    let text = std::str::from_utf8(body).map_err(|e| {
+        Error::bad_gateway(format!(
+            "the provider answered something that is not UTF-8 JSON: {e}"
+        ))
+    })?;
+    serde_json::from_str(text).map_err(|e| {
         Error::bad_gateway(format!(
             "the provider answered something that is not the expected JSON: {e}"
         ))
