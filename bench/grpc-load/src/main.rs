@@ -1,7 +1,8 @@
 //! Load driver for the ai-api benchmark.
 //!
 //! Modes:
-//! - `grpc-chat`: unary `ai_api.v1.AiApiService/Chat`
+//! - `grpc-chat`: unary `ai_api.v1.AiApiService/Chat` (over the `h2` crate with the message
+//!   encoded once, or through the tonic stub: `--unary-client`)
 //! - `grpc-stream`: server-streamed `StreamChat`
 //! - `http-chat`: `POST .../chat/completions` (plain JSON), any OpenAI-compatible URL
 //! - `http-stream`: the same with `"stream": true` (Server-Sent Events)
@@ -40,6 +41,12 @@ enum Mode {
     GrpcStream,
     HttpChat,
     HttpStream,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum UnaryClient {
+    H2,
+    Tonic,
 }
 
 impl Mode {
@@ -81,6 +88,12 @@ struct Args {
     /// gRPC channels (HTTP/2 connections) shared round-robin by the workers.
     #[arg(long, default_value_t = 1)]
     connections: usize,
+    /// Unary gRPC client: `h2` (default) sends the request message encoded once over the `h2`
+    /// crate directly and checks every answer's status, trailers and message; `tonic` is the
+    /// generated stub (its channel adds a buffer task and a codec per call, which on a 2-core
+    /// machine takes CPU from the server being measured).
+    #[arg(long, value_enum, default_value_t = UnaryClient::H2)]
+    unary_client: UnaryClient,
     /// Per-request time limit in seconds (a request over it counts as an error).
     #[arg(long, default_value_t = 30.0)]
     timeout: f64,
@@ -215,6 +228,7 @@ struct Shared {
     args: Args,
     http: reqwest::Client,
     grpc: Vec<AiApiServiceClient<Channel>>,
+    lean: Vec<lean::Conn>,
     http_body: bytes::Bytes,
     open_streams: AtomicU64,
     peak_open: AtomicU64,
@@ -478,6 +492,17 @@ async fn worker(
             match sh.args.mode {
                 Mode::HttpChat => http_chat(&sh, &mut st).await,
                 Mode::HttpStream => http_stream(&sh, &mut st).await,
+                Mode::GrpcChat if !sh.lean.is_empty() => {
+                    let conn = &sh.lean[idx % sh.lean.len()];
+                    let start = Instant::now();
+                    match conn.chat().await {
+                        Ok(()) => {
+                            let _ = st.latency.record(us(start.elapsed()));
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
                 Mode::GrpcChat => grpc_chat(&sh, idx, &mut st).await,
                 Mode::GrpcStream => grpc_stream(&sh, idx, &mut st).await,
             }
@@ -524,7 +549,17 @@ async fn run(args: Args) -> Result<Value, Box<dyn std::error::Error>> {
         .no_proxy()
         .build()?;
     let mut grpc = Vec::new();
-    if args.mode.is_grpc() {
+    let mut lean = Vec::new();
+    if args.mode == Mode::GrpcChat && args.unary_client == UnaryClient::H2 {
+        let req = pb::ChatRequest {
+            model: args.model.clone(),
+            messages: user_message(),
+            ..Default::default()
+        };
+        for _ in 0..args.connections.max(1) {
+            lean.push(lean::Conn::connect(&args.target, &args.key, &req).await?);
+        }
+    } else if args.mode.is_grpc() {
         for _ in 0..args.connections.max(1) {
             let ch = Endpoint::from_shared(args.target.clone())?
                 .tcp_nodelay(true)
@@ -547,6 +582,7 @@ async fn run(args: Args) -> Result<Value, Box<dyn std::error::Error>> {
         args: args.clone(),
         http,
         grpc,
+        lean,
         open_streams: AtomicU64::new(0),
         peak_open: AtomicU64::new(0),
         ready_said: AtomicBool::new(false),
@@ -564,6 +600,7 @@ async fn run(args: Args) -> Result<Value, Box<dyn std::error::Error>> {
         "target": args.target,
         "model": args.model,
         "concurrency": args.concurrency,
+        "unary_client": if args.mode == Mode::GrpcChat { format!("{:?}", args.unary_client) } else { String::new() },
         "connections": if args.mode.is_grpc() { args.connections.max(1) } else { args.concurrency },
         "duration_s": secs,
         "requests": st.ok + st.errors,
@@ -586,6 +623,137 @@ async fn run(args: Args) -> Result<Value, Box<dyn std::error::Error>> {
         out["peak_open_streams"] = json!(sh.peak_open.load(Ordering::SeqCst));
     }
     Ok(out)
+}
+
+/// A unary gRPC client over the `h2` crate: one HTTP/2 connection, the request message encoded
+/// once, and per call only what gRPC requires of a client — the headers, the length-prefixed
+/// message, then the answer's HTTP status, `grpc-status` (in the trailers, or in the headers of a
+/// trailers-only answer) and the decoded `ChatResponse`.
+mod lean {
+    use bytes::{Buf, BufMut, Bytes, BytesMut};
+    use prost::Message;
+
+    use super::pb;
+
+    pub struct Conn {
+        send: h2::client::SendRequest<Bytes>,
+        uri: http::Uri,
+        auth: http::HeaderValue,
+        body: Bytes,
+    }
+
+    type Failure = (&'static str, String);
+
+    fn status_of(h: &http::HeaderMap) -> Option<(String, String)> {
+        let code = h.get("grpc-status")?.to_str().unwrap_or("?").to_string();
+        let msg = h
+            .get("grpc-message")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        Some((code, msg))
+    }
+
+    impl Conn {
+        pub async fn connect(
+            target: &str,
+            key: &str,
+            req: &pb::ChatRequest,
+        ) -> Result<Self, Box<dyn std::error::Error>> {
+            let base: http::Uri = target.parse()?;
+            let authority = base
+                .authority()
+                .ok_or("the target has no host:port")?
+                .clone();
+            let tcp = tokio::net::TcpStream::connect(authority.as_str()).await?;
+            tcp.set_nodelay(true)?;
+            let (send, conn) = h2::client::Builder::new()
+                .initial_window_size(1 << 20)
+                .initial_connection_window_size(16 << 20)
+                .handshake(tcp)
+                .await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    eprintln!("grpc-load: connection ended: {e}");
+                }
+            });
+            let uri = http::Uri::builder()
+                .scheme("http")
+                .authority(authority)
+                .path_and_query("/ai_api.v1.AiApiService/Chat")
+                .build()?;
+            let msg = req.encode_to_vec();
+            let mut body = BytesMut::with_capacity(5 + msg.len());
+            body.put_u8(0);
+            body.put_u32(u32::try_from(msg.len())?);
+            body.put_slice(&msg);
+            Ok(Conn {
+                send,
+                uri,
+                auth: http::HeaderValue::try_from(format!("Bearer {key}"))?,
+                body: body.freeze(),
+            })
+        }
+
+        pub async fn chat(&self) -> Result<(), Failure> {
+            let req = http::Request::post(self.uri.clone())
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .header("authorization", self.auth.clone())
+                .body(())
+                .map_err(|e| ("request", e.to_string()))?;
+            let mut send = self
+                .send
+                .clone()
+                .ready()
+                .await
+                .map_err(|e| ("connect", e.to_string()))?;
+            let (answer, mut out) = send
+                .send_request(req, false)
+                .map_err(|e| ("connect", e.to_string()))?;
+            out.send_data(self.body.clone(), true)
+                .map_err(|e| ("send", e.to_string()))?;
+            let answer = answer.await.map_err(|e| ("h2", e.to_string()))?;
+            if answer.status() != http::StatusCode::OK {
+                return Err(("http_status", answer.status().to_string()));
+            }
+            if let Some((code, msg)) = status_of(answer.headers()) {
+                // Trailers-only: an error (or an empty answer, which is one too here).
+                return Err(("grpc_status", format!("{code}: {msg}")));
+            }
+            let mut body = answer.into_body();
+            let mut buf = BytesMut::new();
+            while let Some(piece) = body.data().await {
+                let piece = piece.map_err(|e| ("body", e.to_string()))?;
+                let _ = body.flow_control().release_capacity(piece.len());
+                buf.extend_from_slice(&piece);
+            }
+            let trailers = body
+                .trailers()
+                .await
+                .map_err(|e| ("trailers", e.to_string()))?
+                .ok_or(("trailers", "no trailers".to_string()))?;
+            match status_of(&trailers) {
+                Some((code, _)) if code == "0" => {}
+                Some((code, msg)) => return Err(("grpc_status", format!("{code}: {msg}"))),
+                None => return Err(("trailers", "no grpc-status".into())),
+            }
+            if buf.len() < 5 || buf[0] != 0 {
+                return Err(("bad_body", format!("{} bytes, not one message", buf.len())));
+            }
+            let mut b = buf.freeze();
+            b.advance(1);
+            let len = b.get_u32() as usize;
+            if b.len() != len {
+                return Err(("bad_body", format!("length {len}, {} bytes", b.len())));
+            }
+            let resp = pb::ChatResponse::decode(b).map_err(|e| ("bad_body", e.to_string()))?;
+            if resp.choices.is_empty() {
+                return Err(("bad_body", "no choices".into()));
+            }
+            Ok(())
+        }
+    }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
