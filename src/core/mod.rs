@@ -199,8 +199,6 @@ impl ServedBy {
     }
 }
 
-/// Milliseconds with three decimals (`12.045`), from integer microseconds: float formatting
-/// showed in profiles.
 /// A count as a header value; the usual ones (no retry, no fallback) without an allocation.
 fn count(n: u32) -> http::HeaderValue {
     use http::HeaderValue;
@@ -212,6 +210,8 @@ fn count(n: u32) -> http::HeaderValue {
     }
 }
 
+/// Milliseconds with three decimals (`12.045`), from integer microseconds: float formatting
+/// showed in profiles.
 fn millis(d: Duration) -> String {
     let us = d.as_micros();
     let mut digits = itoa::Buffer::new();
