@@ -20,7 +20,7 @@ use crate::openai::{
 /// (`Authorization: Bearer <key>` or `x-api-key: <key>`).
 pub(crate) fn context(headers: &HeaderMap) -> RequestContext {
     let request_id = headers
-        .get("x-request-id")
+        .get(X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
@@ -104,21 +104,35 @@ pub async fn chat_completions(
 
 /// `POST /chat/completions` as the [`super::Door`] serves it: without the router, its layers
 /// and extractors (boxed futures, cloned services and request extensions on every call, about
-/// a sixth of a plain request's instructions), doing what they do for this route — the body
-/// limit (413), the caller — and then the same handler. (The door has set the request id.)
+/// a sixth of a plain request's instructions), doing what they do for this route — the request
+/// id (the client's `x-request-id`, else a new UUID, echoed on the answer), the body limit
+/// (413), the caller — and then the same handler.
 pub(crate) async fn chat_direct(
     gw: Gateway,
     req: axum::extract::Request,
     limit: usize,
 ) -> Response {
     let (parts, body) = req.into_parts();
-    let ctx = context(&parts.headers);
-    match super::error::read_body(body, limit).await {
+    let mut ctx = context(&parts.headers);
+    let id = match parts.headers.get(X_REQUEST_ID) {
+        Some(v) => v.clone(),
+        None => {
+            let mut buf = uuid::Uuid::encode_buffer();
+            let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+            ctx.request_id = text.to_string();
+            HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static(""))
+        }
+    };
+    let answer = match super::error::read_body(body, limit).await {
         Ok(body) => chat(gw, ctx, body).await,
         Err(e) => Err(e),
-    }
-    .into_response()
+    };
+    let mut resp = answer.into_response();
+    resp.headers_mut().entry(X_REQUEST_ID).or_insert(id);
+    resp
 }
+
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 async fn chat(
     gw: Gateway,

@@ -17,8 +17,8 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::serve::{IncomingStream, Listener};
-use futures_util::future::BoxFuture;
-use http::{HeaderName, HeaderValue};
+use futures_util::future::{BoxFuture, Either};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::core::Gateway;
 
@@ -80,13 +80,14 @@ pub fn router(gateway: Gateway, opts: &HttpOptions) -> Router {
         .fallback(h::not_found)
         .method_not_allowed_fallback(h::method_not_allowed)
         .layer(DefaultBodyLimit::max(opts.max_body_bytes))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
 }
 
-/// The HTTP door as served. Every request gets its id here (the client's `x-request-id`, else
-/// a new UUID), and every answer carries it back. `POST` to the chat-completions paths then
-/// goes straight to its handler ([`handlers::chat_direct`]), every other request through the
-/// [`router`]: the hot route skips the router's per-request machinery (boxed services,
-/// request extensions), and does the body limit and OpenAI-shaped errors itself.
+/// The HTTP door as served: `POST` to the chat-completions paths goes straight to its handler
+/// ([`handlers::chat_direct`]), every other request through the [`router`]. The hot route
+/// skips the router's per-request machinery; what the router's layers do for it (request id,
+/// body limit, errors in OpenAI's shape) the direct path does too.
 #[derive(Clone)]
 pub struct Door {
     router: Router,
@@ -125,47 +126,28 @@ impl Door {
     }
 }
 
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// The request's id: the client's `x-request-id`, else a new UUID set on the request.
-fn request_id(headers: &mut http::HeaderMap) -> HeaderValue {
-    if let Some(id) = headers.get(X_REQUEST_ID) {
-        return id.clone();
-    }
-    let mut buf = uuid::Uuid::encode_buffer();
-    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-    let id = HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static(""));
-    headers.insert(X_REQUEST_ID, id.clone());
-    id
-}
-
 impl tower::Service<Request> for Door {
     type Response = Response;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+    type Future = Either<
+        BoxFuture<'static, Result<Response, Infallible>>,
+        axum::routing::future::RouteFuture<Infallible>,
+    >;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request) -> Self::Future {
-        let id = request_id(req.headers_mut());
+    fn call(&mut self, req: Request) -> Self::Future {
         let d = &self.direct;
-        let answer =
-            if req.method() == http::Method::POST && d.chat.iter().any(|p| p == req.uri().path()) {
-                let (gw, limit) = (d.gateway.clone(), d.max_body_bytes);
-                futures_util::future::Either::Left(handlers::chat_direct(gw, req, limit))
-            } else {
-                futures_util::future::Either::Right(self.router.call(req))
-            };
-        Box::pin(async move {
-            let mut resp = match answer {
-                futures_util::future::Either::Left(direct) => direct.await,
-                futures_util::future::Either::Right(routed) => routed.await?,
-            };
-            resp.headers_mut().entry(X_REQUEST_ID).or_insert(id);
-            Ok(resp)
-        })
+        if req.method() == http::Method::POST && d.chat.iter().any(|p| p == req.uri().path()) {
+            let (gw, limit) = (d.gateway.clone(), d.max_body_bytes);
+            Either::Left(Box::pin(async move {
+                Ok(handlers::chat_direct(gw, req, limit).await)
+            }))
+        } else {
+            Either::Right(self.router.call(req))
+        }
     }
 }
 
