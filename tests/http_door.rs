@@ -686,3 +686,22 @@ async fn the_direct_chat_route_keeps_the_routers_edges() {
     assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200));
     assert_ne!(a.headers()["x-request-id"], b.headers()["x-request-id"]);
 }
+
+/// Request ids on every route, not only the direct chat path: a routed answer (models, an
+/// unknown path) carries the client's id or a new UUID.
+#[tokio::test]
+async fn every_route_answers_with_a_request_id() {
+    let (_fake, gw) = setup("").await;
+    let models = client()
+        .get(gw.url("/v1/models"))
+        .bearer_auth(MASTER_KEY)
+        .header("x-request-id", "mine-7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.status(), 200);
+    assert_eq!(models.headers()["x-request-id"], "mine-7");
+    let unknown = client().get(gw.url("/nowhere")).send().await.unwrap();
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(unknown.headers()["x-request-id"].len(), 36);
+}
