@@ -84,6 +84,19 @@ fn workers() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
+/// How long a quiet worker spins after a request starts or ends (`AI_API_SPIN_US`, default
+/// 100 µs; 0 turns spinning off): see [`crate::workers::spin`].
+fn spin_window() -> Option<Duration> {
+    let us = std::env::var("AI_API_SPIN_US")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(DEFAULT_SPIN_US);
+    (us > 0).then(|| Duration::from_micros(us))
+}
+
+/// The default of `AI_API_SPIN_US`.
+pub const DEFAULT_SPIN_US: u64 = 100;
+
 /// Connections handed to one worker, as a listener its servers accept from.
 struct Handoff {
     rx: mpsc::UnboundedReceiver<std::net::TcpStream>,
@@ -185,6 +198,7 @@ fn serve_doors(
     // A worker whose own connections have drained keeps running until all have: calls moved
     // to it from another worker's connection finish there.
     let all_drained = Arc::new(tokio::sync::Barrier::new(workers));
+    let spin = spin_window();
     for (i, runtime) in runtimes.into_iter().enumerate() {
         let (http_tx, http_rx) = mpsc::unbounded_channel();
         let (grpc_tx, grpc_rx) = mpsc::unbounded_channel();
@@ -207,6 +221,9 @@ fn serve_doors(
                 // Also picks this worker's own upstream pool (pool 0 is the shared runtime's).
                 Workers::enter(i);
                 runtime.block_on(async move {
+                    if let Some(window) = spin {
+                        tokio::spawn(crate::workers::spin::spinner(window));
+                    }
                     let http = async {
                         axum::serve(http, app)
                             .with_graceful_shutdown(until_true(stop.clone()))

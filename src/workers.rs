@@ -136,6 +136,109 @@ impl Workers {
     }
 }
 
+/// Spinning before sleeping, so a lone request is not slowed by the worker's own wake-ups.
+///
+/// A worker with nothing to do sleeps in `epoll_wait`; waking it when the provider answers, or
+/// when the client sends its next request, costs tens of microseconds on a virtual machine
+/// (the idle CPU halts and is woken by an interrupt) — more than the gateway's own work on a
+/// call. While a worker has at most one request in flight, and for `window` after a request
+/// starts or ends, its spinner keeps it awake instead: it yields to the runtime, which then
+/// polls its sockets without sleeping, and to the OS (`sched_yield`), which runs any other
+/// thread that wants the CPU. Busier workers never spin: their own requests keep them awake,
+/// and spinning would only take CPU from them. An idle gateway does not spin at all.
+pub mod spin {
+    use std::cell::Cell;
+    use std::task::{Poll, Waker};
+    use std::time::{Duration, Instant};
+
+    #[derive(Default)]
+    struct State {
+        /// Requests started on this thread and not yet ended.
+        in_flight: Cell<usize>,
+        /// Starts and ends so far: the spinner's sign that something happened.
+        activity: Cell<u64>,
+        /// The spinner, while it sleeps.
+        waker: Cell<Option<Waker>>,
+        /// Turns the spinner has taken (for tests).
+        turns: Cell<u64>,
+    }
+
+    thread_local! {
+        static STATE: State = State::default();
+    }
+
+    /// A request on this worker, from start to end (drop). Keep it on the worker's thread,
+    /// where the request's future runs.
+    #[derive(Debug)]
+    pub struct InFlight(());
+
+    impl InFlight {
+        pub fn start() -> Self {
+            STATE.with(|s| s.in_flight.set(s.in_flight.get() + 1));
+            touch();
+            InFlight(())
+        }
+    }
+
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            STATE.with(|s| s.in_flight.set(s.in_flight.get().saturating_sub(1)));
+            touch();
+        }
+    }
+
+    /// Counts the change and wakes the spinner if this worker is quiet enough to spin.
+    fn touch() {
+        STATE.with(|s| {
+            s.activity.set(s.activity.get().wrapping_add(1));
+            if s.in_flight.get() <= 1
+                && let Some(w) = s.waker.take()
+            {
+                w.wake();
+            }
+        });
+    }
+
+    /// Turns this worker's spinner has taken.
+    pub fn turns() -> u64 {
+        STATE.with(|s| s.turns.get())
+    }
+
+    /// The worker's spinner: run it as a task on the worker's single-threaded runtime.
+    pub async fn spinner(window: Duration) {
+        let activity = || STATE.with(|s| s.activity.get());
+        let quiet = || STATE.with(|s| s.in_flight.get() <= 1);
+        let mut seen = activity();
+        loop {
+            // Asleep until a request starts or ends here.
+            std::future::poll_fn(|cx| {
+                if activity() != seen && quiet() {
+                    Poll::Ready(())
+                } else {
+                    STATE.with(|s| s.waker.set(Some(cx.waker().clone())));
+                    Poll::Pending
+                }
+            })
+            .await;
+            seen = activity();
+            let mut until = Instant::now() + window;
+            while quiet() {
+                STATE.with(|s| s.turns.set(s.turns.get() + 1));
+                std::thread::yield_now();
+                tokio::task::yield_now().await;
+                let now = Instant::now();
+                if activity() != seen {
+                    seen = activity();
+                    until = now + window;
+                } else if now >= until {
+                    break;
+                }
+            }
+            seen = activity();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,6 +326,46 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
+    }
+
+    #[test]
+    fn a_worker_spins_only_while_quiet_and_only_for_its_window() {
+        use std::time::Duration;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let ms = Duration::from_millis;
+        rt.block_on(async {
+            tokio::spawn(spin::spinner(ms(5)));
+            tokio::time::sleep(ms(1)).await;
+            let idle = spin::turns();
+            tokio::time::sleep(ms(20)).await;
+            assert_eq!(spin::turns(), idle, "an idle worker sleeps");
+
+            let one = spin::InFlight::start();
+            tokio::time::sleep(ms(2)).await;
+            assert!(spin::turns() > idle, "one request in flight: it spins");
+
+            let two = spin::InFlight::start();
+            tokio::time::sleep(ms(1)).await;
+            let busy = spin::turns();
+            tokio::time::sleep(ms(20)).await;
+            assert_eq!(
+                spin::turns(),
+                busy,
+                "two in flight: their work keeps it awake"
+            );
+
+            drop(two);
+            tokio::time::sleep(ms(1)).await;
+            assert!(spin::turns() > busy, "one left: it spins again");
+            drop(one);
+            tokio::time::sleep(ms(30)).await;
+            let after = spin::turns();
+            tokio::time::sleep(ms(20)).await;
+            assert_eq!(spin::turns(), after, "the window is over: it sleeps");
+        });
     }
 
     #[test]

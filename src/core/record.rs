@@ -28,6 +28,8 @@ pub(crate) struct RequestRecord {
     /// Bodies for the spend record, only with `log_raw_request_response: true`.
     request_body: Option<String>,
     response_body: Option<String>,
+    /// Counts the request on its worker, for the worker's spinner (`crate::workers::spin`).
+    _in_flight: crate::workers::spin::InFlight,
 }
 
 impl RequestRecord {
@@ -51,6 +53,7 @@ impl RequestRecord {
             admission: None,
             request_body: None,
             response_body: None,
+            _in_flight: crate::workers::spin::InFlight::start(),
         }
     }
 
