@@ -113,6 +113,26 @@ def evaluate(results: dict) -> list[dict]:
     throughput("gRPC vs HTTP throughput", "ai-grpc", "ai-http", "within 10% (>= 0.9x)", 0.9,
                ".2f", ".0f")
 
+    # not a target: on two cores the load drivers share the CPU with the doors, so a driver
+    # that needs more CPU per request leaves its door less: the doors' own CPU per request,
+    # and each driver's, beside the throughput ratio
+    c = pick_c(results, "chat", ["ai-grpc", "ai-http"], 64)
+    g, h = find(results, "chat", "ai-grpc", c), find(results, "chat", "ai-http", c)
+
+    def driver_us(r: dict) -> float | None:
+        tool, ok = (r.get("cpu_s") or {}).get("load-tool"), r.get("ok")
+        return tool * 1e6 / ok if tool is not None and ok else None
+
+    if g and h and g.get("server_cpu_us_per_req") and h.get("server_cpu_us_per_req"):
+        gd, hd = driver_us(g), driver_us(h)
+        drivers = (f"; drivers {gd:.1f} µs (grpc-load) vs {hd:.1f} µs ({h.get('tool')})"
+                   if gd is not None and hd is not None else "")
+        rows.append({"target": f"for reference (c={c}): CPU per request, gRPC vs HTTP door",
+                     "goal": "–", "measured": f"{h['server_cpu_us_per_req'] / g['server_cpu_us_per_req']:.2f}x "
+                     f"({g['server_cpu_us_per_req']:.1f} vs {h['server_cpu_us_per_req']:.1f} µs)"
+                     + drivers,
+                     "result": "info" if valid(g, h) else "invalid (errors)", "detail": ""})
+
     # streaming TTFT
     for t in ("ai-http", "ai-grpc"):
         c = pick_c(results, "stream", [t, "direct"], 1)
