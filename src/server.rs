@@ -85,13 +85,30 @@ fn workers() -> usize {
 }
 
 /// How long a quiet worker spins after a request starts or ends (`AI_API_SPIN_US`, default
-/// 100 µs; 0 turns spinning off): see [`crate::workers::spin`].
+/// 100 µs, or 0 under a CPU quota; 0 turns spinning off): see [`crate::workers::spin`].
 fn spin_window() -> Option<Duration> {
+    let quota = || {
+        let read = |p: &str| std::fs::read_to_string(p).ok();
+        under_cpu_quota(
+            read("/sys/fs/cgroup/cpu.max").as_deref(),
+            read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").as_deref(),
+        )
+    };
     let us = std::env::var("AI_API_SPIN_US")
         .ok()
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(DEFAULT_SPIN_US);
+        .unwrap_or_else(|| if quota() { 0 } else { DEFAULT_SPIN_US });
     (us > 0).then(|| Duration::from_micros(us))
+}
+
+/// Whether the container's cgroup caps its CPU time (v2 `cpu.max` other than `max ...`, or a
+/// positive v1 `cpu.cfs_quota_us`): spinning would spend the quota waiting, and a spent quota
+/// stalls every request until the next period.
+fn under_cpu_quota(cpu_max: Option<&str>, cfs_quota_us: Option<&str>) -> bool {
+    if let Some(max) = cpu_max {
+        return max.split_whitespace().next().is_some_and(|q| q != "max");
+    }
+    cfs_quota_us.is_some_and(|q| q.trim().parse::<i64>().is_ok_and(|q| q > 0))
 }
 
 /// The default of `AI_API_SPIN_US`.
@@ -343,4 +360,20 @@ pub async fn serve(
     let _ = health_task.await;
     store.close().await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::under_cpu_quota;
+
+    #[test]
+    fn a_cpu_quota_is_read_from_cgroup_v2_or_v1() {
+        assert!(!under_cpu_quota(Some("max 100000\n"), None));
+        assert!(under_cpu_quota(Some("50000 100000\n"), None));
+        assert!(!under_cpu_quota(None, Some("-1\n")));
+        assert!(under_cpu_quota(None, Some("150000\n")));
+        assert!(!under_cpu_quota(None, None));
+        // v2 wins where both are mounted.
+        assert!(!under_cpu_quota(Some("max 100000"), Some("150000")));
+    }
 }
