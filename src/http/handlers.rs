@@ -44,7 +44,7 @@ pub(crate) fn context(headers: &HeaderMap) -> RequestContext {
     RequestContext::new(Door::Http, request_id, key)
 }
 
-/// The caller's [`context`], extracted without cloning the request's headers (axum's
+/// The caller's `context`, extracted without cloning the request's headers (axum's
 /// `HeaderMap` extractor copies them all).
 #[derive(Debug)]
 pub struct Caller(pub RequestContext);

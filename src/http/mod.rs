@@ -85,7 +85,7 @@ pub fn router(gateway: Gateway, opts: &HttpOptions) -> Router {
 }
 
 /// The HTTP door as served: `POST` to the chat-completions paths goes straight to its handler
-/// ([`handlers::chat_direct`]), every other request through the [`router`]. The hot route
+/// (`handlers::chat_direct`), every other request through the [`router`]. The hot route
 /// skips the router's per-request machinery; what the router's layers do for it (request id,
 /// body limit, errors in OpenAI's shape) the direct path does too.
 #[derive(Clone)]

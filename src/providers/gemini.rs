@@ -12,7 +12,7 @@
 //!   same answer, streamed or not. A tool result finds its function name through the earlier
 //!   assistant tool call with its `tool_call_id`.
 //! - Tool and `json_schema` schemas are reduced to the OpenAPI subset Gemini's `Schema` takes
-//!   ([`reduce_schema`]).
+//!   (`reduce_schema`).
 //! - http(s) image URLs are sent as `fileData` with a MIME type guessed from the extension.
 //! - Thought parts (`thought: true`) are not returned; their tokens count as completion and
 //!   reasoning tokens.

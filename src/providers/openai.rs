@@ -1,7 +1,7 @@
 //! The OpenAI provider, and every OpenAI-compatible host as a preset of it (base URL, auth
 //! header, key variable): azure, groq, mistral, deepseek, openrouter, xai, together_ai,
 //! fireworks_ai, ollama, hosted_vllm, lm_studio. Adding the next host is one row in
-//! [`preset`]. The wire format itself lives in `crate::openai`, shared with the HTTP door.
+//! `preset`. The wire format itself lives in `crate::openai`, shared with the HTTP door.
 
 use futures_util::StreamExt;
 
