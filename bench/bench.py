@@ -523,10 +523,14 @@ class Bench:
         # upstream's share is excluded. Less sensitive to a shared machine than req/s.
         server = {"direct": "upstream", "nginx": "nginx", "floor": "floor", "ai-http": "ai-api",
                   "ai-grpc": "ai-api", "litellm": "litellm"}[target]
+        # The load tool's own CPU per request, the same way (oha's warm-up is a run of its own,
+        # outside the window; the Rust driver warms up inside it).
         done = (r.get("ok") or 0) + (r.get("errors") or 0)
+        warm_share = (seconds + warmup) / seconds if warmup and seconds and not use_oha else 1.0
         if done > 0 and cpu_s.get(server, 0) >= 0.2:  # clock ticks are 10 ms: skip tiny totals
-            warm_share = (seconds + warmup) / seconds if warmup and seconds and not use_oha else 1.0
             r["server_cpu_us_per_req"] = round(cpu_s[server] * 1e6 / (done * warm_share), 1)
+        if done > 0 and tool_cpu >= 0.2:
+            r["driver_cpu_us_per_req"] = round(tool_cpu * 1e6 / (done * warm_share), 1)
         lat = r.get("latency_ms") or {}
         extra = ""
         if stream and r.get("ttft_ms"):

@@ -119,12 +119,8 @@ def evaluate(results: dict) -> list[dict]:
     c = pick_c(results, "chat", ["ai-grpc", "ai-http"], 64)
     g, h = find(results, "chat", "ai-grpc", c), find(results, "chat", "ai-http", c)
 
-    def driver_us(r: dict) -> float | None:
-        tool, ok = (r.get("cpu_s") or {}).get("load-tool"), r.get("ok")
-        return tool * 1e6 / ok if tool is not None and ok else None
-
     if g and h and g.get("server_cpu_us_per_req") and h.get("server_cpu_us_per_req"):
-        gd, hd = driver_us(g), driver_us(h)
+        gd, hd = g.get("driver_cpu_us_per_req"), h.get("driver_cpu_us_per_req")
         drivers = (f"; drivers {gd:.1f} µs (grpc-load) vs {hd:.1f} µs ({h.get('tool')})"
                    if gd is not None and hd is not None else "")
         rows.append({"target": f"for reference (c={c}): CPU per request, gRPC vs HTTP door",
