@@ -764,8 +764,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // taken from the server it measures on a 2-core machine).
     let one_thread = args.mode == Mode::GrpcChat
         && args.unary_client == UnaryClient::H2
-        && args.connections <= 1
-        && std::env::var_os("GRPC_LOAD_MULTI_THREAD").is_none();
+        && args.connections <= 1;
     let rt = if one_thread {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
