@@ -2322,3 +2322,177 @@ async fn a_gemini_429_passes_on_the_retry_delay_from_its_body() {
         Some("37")
     );
 }
+
+// ------------------------------------------------------------------------------------------
+// Upstream connections (plain HTTP: the gateway's own per-worker keep-alive pool)
+// ------------------------------------------------------------------------------------------
+
+/// How the counting upstream treats a connection after an answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KeepAlive {
+    /// Keeps it open for the next request.
+    Keep,
+    /// Answers with `Connection: close` and closes it.
+    CloseEach,
+    /// Keeps it open, then drops it 100 ms after accepting it without a word (as a server
+    /// with a short keep-alive timeout does).
+    DropAfter100Ms,
+}
+
+/// An OpenAI-compatible upstream on plain HTTP/1.1 that counts the connections it accepted
+/// and the requests it answered.
+async fn counting_upstream(
+    mode: KeepAlive,
+) -> (
+    String,
+    Arc<std::sync::atomic::AtomicUsize>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    let (accepted, answered) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (acc, ans) = (accepted.clone(), answered.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            acc.fetch_add(1, Ordering::SeqCst);
+            let ans = ans.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let ans = ans.clone();
+                        async move {
+                            use http_body_util::BodyExt;
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let sent: Value = serde_json::from_slice(&body).unwrap();
+                            ans.fetch_add(1, Ordering::SeqCst);
+                            let answer = json!({
+                                "id": "chatcmpl-count", "object": "chat.completion", "created": 1,
+                                "model": sent["model"],
+                                "choices": [{"index": 0, "message": {"role": "assistant", "content": "counted"}, "finish_reason": "stop"}],
+                                "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+                            });
+                            let mut resp = hyper::Response::new(http_body_util::Full::new(
+                                Bytes::from(answer.to_string()),
+                            ));
+                            resp.headers_mut()
+                                .insert("content-type", "application/json".parse().unwrap());
+                            if mode == KeepAlive::CloseEach {
+                                resp.headers_mut()
+                                    .insert("connection", "close".parse().unwrap());
+                            }
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    },
+                );
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+                if mode == KeepAlive::DropAfter100Ms {
+                    let _ = tokio::time::timeout(std::time::Duration::from_millis(100), conn).await;
+                } else {
+                    let _ = conn.await;
+                }
+            });
+        }
+    });
+    (base, accepted, answered)
+}
+
+async fn counted_chat(gw: &TestGateway) -> Value {
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(MASTER_KEY)
+        .json(&json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+#[tokio::test]
+async fn plain_http_upstream_connections_are_kept_and_reused_through_both_doors() {
+    use std::sync::atomic::Ordering;
+    let (base, accepted, answered) = counting_upstream(KeepAlive::Keep).await;
+    let gw = start(
+        &support::openai_config(&base, &[("chat", "gpt-count")], ""),
+        &[],
+    )
+    .await;
+    let http = client();
+    for _ in 0..5 {
+        let resp = http
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(MASTER_KEY)
+            .json(&json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"], "counted");
+    }
+    // One client connection is served by one worker, which keeps one upstream connection.
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    let mut grpc = AiApiServiceClient::connect(gw.grpc_url()).await.unwrap();
+    for _ in 0..5 {
+        let answer = grpc
+            .chat(authed(pb::ChatRequest {
+                model: "chat".into(),
+                messages: vec![pb_msg("user", "hi")],
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            answer.choices[0].message.as_ref().unwrap().content,
+            "counted"
+        );
+    }
+    assert_eq!(answered.load(Ordering::SeqCst), 10);
+    // The gRPC connection may sit on the other worker, with its own upstream connection.
+    assert!(accepted.load(Ordering::SeqCst) <= 2, "{accepted:?}");
+
+    // Eight at a time, three times: the connections of one round serve the next.
+    for _ in 0..3 {
+        let calls: Vec<_> = (0..8).map(|_| counted_chat(&gw)).collect();
+        futures_util::future::join_all(calls).await;
+    }
+    assert_eq!(answered.load(Ordering::SeqCst), 34);
+    let n = accepted.load(Ordering::SeqCst);
+    assert!(n <= 2 + 16, "{n} connections for 24 calls in rounds of 8");
+}
+
+#[tokio::test]
+async fn an_upstream_that_closes_its_connections_costs_no_request() {
+    use std::sync::atomic::Ordering;
+    // `Connection: close` on every answer: each call needs a new connection, none fails.
+    let (base, accepted, answered) = counting_upstream(KeepAlive::CloseEach).await;
+    let gw = start(
+        &support::openai_config(&base, &[("chat", "gpt-count")], ""),
+        &[],
+    )
+    .await;
+    for _ in 0..5 {
+        counted_chat(&gw).await;
+    }
+    assert_eq!(answered.load(Ordering::SeqCst), 5);
+    assert_eq!(accepted.load(Ordering::SeqCst), 5);
+
+    // A kept-alive connection the upstream drops while idle is not used again.
+    let (base, accepted, answered) = counting_upstream(KeepAlive::DropAfter100Ms).await;
+    let gw = start(
+        &support::openai_config(&base, &[("chat", "gpt-count")], ""),
+        &[],
+    )
+    .await;
+    for _ in 0..3 {
+        counted_chat(&gw).await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert_eq!(answered.load(Ordering::SeqCst), 3);
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}

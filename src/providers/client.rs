@@ -1,69 +1,93 @@
-//! The gateway's one upstream HTTP client: hyper's pooled client (HTTP/1.1, or HTTP/2 where
-//! TLS negotiates it) over rustls with the webpki roots, shared by every deployment.
+//! The gateway's one upstream HTTP client, shared by every deployment.
 //!
-//! It is hyper-util's client used directly rather than through `reqwest`: the gateway needs
-//! none of reqwest's redirect following, URL handling or request cloning, and on a proxied
-//! call those showed up as about a tenth of the gateway's own instructions per request.
+//! - `http://` upstreams (local and in-network hosts: vLLM, Ollama, LM Studio, an internal
+//!   OpenAI-compatible service) go through [`Plain`]: HTTP/1.1 keep-alive connections on
+//!   hyper's connection API, kept idle per worker thread and per host in a plain list. A call
+//!   takes the most recently used connection that is still open, no hashing, no shared lock,
+//!   and gives it back when its answer has been read to the end ([`UpstreamBody`]).
+//! - `https://` upstreams go through hyper-util's pooled client over rustls with the webpki
+//!   roots (HTTP/1.1, or HTTP/2 where TLS negotiates it), one pool per worker thread.
 //!
-//! The pool is sharded by runtime: the doors run one single-threaded runtime per core
-//! (`crate::server`), and each calls providers over its own connections, so a request and
-//! the connection task that carries it stay on one thread (the pool is picked by
-//! [`Workers::current`]).
+//! Neither goes through `reqwest`: the gateway needs none of its redirect following, URL
+//! handling or request cloning, and on a proxied call those showed up as about a tenth of the
+//! gateway's own instructions per request. hyper-util's pool, in turn, hashes the host and
+//! takes a lock twice per call and spawns a task per call to hand the connection back: about
+//! a tenth of a plain request's instructions, which the plain-HTTP path does without.
+//!
+//! The doors run one single-threaded runtime per core (`crate::server`), and each calls
+//! providers over its own connections, so a request and the connection task that carries it
+//! stay on one thread (the worker is [`Workers::current`]).
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, USER_AGENT};
+use http::uri::{Authority, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::Full;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use parking_lot::Mutex;
+use tokio::time::Instant;
+use tower::Service;
 
 use crate::core::error::{Error, ErrorKind};
 use crate::workers::Workers;
 
 /// An answer whose body has not been read yet.
-pub type UpstreamResponse = http::Response<hyper::body::Incoming>;
+pub type UpstreamResponse = http::Response<UpstreamBody>;
 
 type Pool = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// The pooled client (cheap to clone: clones share the pools).
+/// Idle connections are closed after this long unused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Connecting may take this long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// At most this many idle connections are kept per worker and host.
+const MAX_IDLE_PER_HOST: usize = 512;
+
+/// The client (cheap to clone: clones share the pools).
 #[derive(Debug, Clone)]
 pub struct HttpClient {
     /// Pool 0 serves every thread that is not a worker; pool `i + 1` serves worker `i`.
     shards: Arc<[Pool]>,
+    plain: Arc<Plain>,
 }
 
 const AGENT: &str = concat!("ai-api/", env!("CARGO_PKG_VERSION"));
 
 impl HttpClient {
     /// One pool for the shared runtime (shard 0) and one per worker thread (shards
-    /// `1..=workers`). Idle connections are kept 90 s; connecting may take 10 s; no Nagle delay.
+    /// `1..=workers`), for each kind of upstream. No Nagle delay.
     pub fn new(workers: usize) -> Result<Self, String> {
         let shards = (0..=workers)
             .map(|_| Self::pool())
             .collect::<Result<Vec<_>, _>>()?;
         Ok(HttpClient {
             shards: shards.into(),
+            plain: Arc::new(Plain {
+                connector: connector(),
+                workers: (0..=workers).map(|_| Mutex::new(Vec::new())).collect(),
+            }),
         })
     }
 
     fn pool() -> Result<Pool, String> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_secs(10)));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
             .map_err(|e| format!("cannot set up TLS: {e}"))?
             .https_or_http()
             .enable_all_versions()
-            .wrap_connector(http);
+            .wrap_connector(connector());
         Ok(Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .build(https))
     }
@@ -75,15 +99,241 @@ impl HttpClient {
         call: UpstreamRequest,
         body: Vec<u8>,
     ) -> Result<UpstreamResponse, Error> {
+        let shard = Workers::current().map_or(0, |i| i + 1) % self.shards.len();
+        if call.uri.scheme() == Some(&Scheme::HTTP) {
+            // Boxed, as hyper-util's client boxes its own: the call's states would otherwise
+            // add about a kilobyte to every request's future, copied on every move.
+            return Box::pin(Plain::send(&self.plain, shard, call, body)).await;
+        }
         let mut req = Request::new(Full::new(Bytes::from(body)));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = call.uri;
         *req.headers_mut() = call.headers;
-        let shard = Workers::current().map_or(0, |i| i + 1) % self.shards.len();
-        self.shards[shard]
+        let resp = self.shards[shard]
             .request(req)
             .await
-            .map_err(transport_error)
+            .map_err(legacy_error)?;
+        Ok(resp.map(|inner| UpstreamBody {
+            inner,
+            checkin: None,
+        }))
+    }
+}
+
+fn connector() -> HttpConnector {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    http
+}
+
+/// Idle HTTP/1.1 connections to `http://` upstreams, per worker (indexed as
+/// `HttpClient::shards`) and per host. Each worker's lock is only ever taken by that worker
+/// (shard 0 excepted), so it is never contended.
+#[derive(Debug)]
+struct Plain {
+    connector: HttpConnector,
+    workers: Box<[Mutex<Vec<Host>>]>,
+}
+
+/// One host's idle connections, the most recently used last.
+#[derive(Debug)]
+struct Host {
+    authority: Authority,
+    idle: Vec<Idle>,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: http1::SendRequest<Full<Bytes>>,
+    since: Instant,
+}
+
+/// What gives a connection back once its answer has been read to the end.
+#[derive(Debug)]
+struct Checkin {
+    plain: Arc<Plain>,
+    shard: usize,
+    authority: Authority,
+    sender: http1::SendRequest<Full<Bytes>>,
+}
+
+impl Plain {
+    async fn send(
+        plain: &Arc<Plain>,
+        shard: usize,
+        call: UpstreamRequest,
+        body: Vec<u8>,
+    ) -> Result<UpstreamResponse, Error> {
+        let UpstreamRequest { uri, mut headers } = call;
+        // `parse_uri` only lets absolute URLs through.
+        let Some(authority) = uri.authority().cloned() else {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "the provider URL has no host",
+            ));
+        };
+        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            headers.insert(HOST, host);
+        }
+        let mut req = Request::new(Full::new(Bytes::from(body)));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = uri
+            .path_and_query()
+            .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
+        *req.headers_mut() = headers;
+
+        // An idle connection first; one that turns out closed is dropped, and the request,
+        // never sent on it, goes on the next.
+        while let Some(mut sender) = plain.checkout(shard, &authority) {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(plain.answer(shard, authority, sender, resp)),
+                Err(mut e) => match e.take_message() {
+                    Some(back) => req = back,
+                    None => return Err(call_error(&e.into_error())),
+                },
+            }
+        }
+
+        // A new connection; its futures are boxed, so that the usual call (an idle
+        // connection) does not carry their size through every state of the request.
+        Box::pin(plain.connect_and_send(shard, uri, authority, req)).await
+    }
+
+    async fn connect_and_send(
+        self: &Arc<Self>,
+        shard: usize,
+        uri: Uri,
+        authority: Authority,
+        req: Request<Full<Bytes>>,
+    ) -> Result<UpstreamResponse, Error> {
+        let io = self
+            .connector
+            .clone()
+            .call(uri)
+            .await
+            .map_err(|e| connect_error(&e))?;
+        let (mut sender, conn) = http1::handshake(io).await.map_err(|e| connect_error(&e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection closed with an error");
+            }
+        });
+        let resp = sender.send_request(req).await.map_err(|e| call_error(&e))?;
+        Ok(self.answer(shard, authority, sender, resp))
+    }
+
+    fn answer(
+        self: &Arc<Self>,
+        shard: usize,
+        authority: Authority,
+        sender: http1::SendRequest<Full<Bytes>>,
+        resp: http::Response<Incoming>,
+    ) -> UpstreamResponse {
+        resp.map(|inner| UpstreamBody {
+            inner,
+            checkin: Some(Checkin {
+                plain: Arc::clone(self),
+                shard,
+                authority,
+                sender,
+            }),
+        })
+    }
+
+    /// The most recently used idle connection to `authority` that is not known to be closed
+    /// or too old.
+    fn checkout(
+        &self,
+        shard: usize,
+        authority: &Authority,
+    ) -> Option<http1::SendRequest<Full<Bytes>>> {
+        let mut hosts = self.workers[shard].lock();
+        let host = hosts.iter_mut().find(|h| h.authority == *authority)?;
+        while let Some(idle) = host.idle.pop() {
+            if idle.since.elapsed() >= IDLE_TIMEOUT {
+                // The rest are older still.
+                host.idle.clear();
+                return None;
+            }
+            if !idle.sender.is_closed() {
+                return Some(idle.sender);
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection whose answer has been read to the end, dropping the oldest idle one
+    /// if it has been unused too long (or the host has too many).
+    fn checkin(&self, shard: usize, authority: Authority, sender: http1::SendRequest<Full<Bytes>>) {
+        if sender.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        let mut hosts = self.workers[shard].lock();
+        let host = match hosts.iter().position(|h| h.authority == authority) {
+            Some(i) => &mut hosts[i],
+            None => {
+                hosts.push(Host {
+                    authority,
+                    idle: Vec::new(),
+                });
+                let last = hosts.len() - 1;
+                &mut hosts[last]
+            }
+        };
+        if host
+            .idle
+            .first()
+            .is_some_and(|i| now - i.since >= IDLE_TIMEOUT)
+            || host.idle.len() >= MAX_IDLE_PER_HOST
+        {
+            host.idle.remove(0);
+        }
+        host.idle.push(Idle { sender, since: now });
+    }
+}
+
+/// An answer's body. On a plain-HTTP connection, reading it to the end gives the connection
+/// back for the next call; dropping it earlier closes the connection (HTTP/1.1 cannot skip
+/// the rest of an answer).
+#[derive(Debug)]
+pub struct UpstreamBody {
+    inner: Incoming,
+    checkin: Option<Checkin>,
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            _ => false,
+        };
+        if ended && let Some(c) = this.checkin.take() {
+            c.plain.checkin(c.shard, c.authority, c.sender);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -169,22 +419,36 @@ pub fn parse_uri(url: String) -> Result<Uri, String> {
     }
 }
 
-/// Maps a failure to reach the provider (never echoing the URL).
-fn transport_error(e: hyper_util::client::legacy::Error) -> Error {
-    use std::error::Error as _;
+/// An error and its causes, as one line.
+fn chain(e: &dyn std::error::Error) -> String {
     let mut detail = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
         detail = format!("{detail}: {s}");
         source = s.source();
     }
+    detail
+}
+
+/// The provider could not be reached (never echoing the URL).
+fn connect_error(e: &dyn std::error::Error) -> Error {
+    Error::new(
+        ErrorKind::Unavailable,
+        format!("cannot connect to the provider: {}", chain(e)),
+    )
+}
+
+/// A call that failed after the connection was made.
+fn call_error(e: &hyper::Error) -> Error {
+    Error::bad_gateway(format!("the provider call failed: {}", chain(e)))
+}
+
+/// Maps a failure of hyper-util's client.
+fn legacy_error(e: hyper_util::client::legacy::Error) -> Error {
     if e.is_connect() {
-        Error::new(
-            ErrorKind::Unavailable,
-            format!("cannot connect to the provider: {detail}"),
-        )
+        connect_error(&e)
     } else {
-        Error::bad_gateway(format!("the provider call failed: {detail}"))
+        Error::bad_gateway(format!("the provider call failed: {}", chain(&e)))
     }
 }
 
