@@ -2339,15 +2339,12 @@ enum KeepAlive {
     DropAfter100Ms,
 }
 
+/// A count shared with the counting upstream's tasks.
+type Count = Arc<std::sync::atomic::AtomicUsize>;
+
 /// An OpenAI-compatible upstream on plain HTTP/1.1 that counts the connections it accepted
 /// and the requests it answered.
-async fn counting_upstream(
-    mode: KeepAlive,
-) -> (
-    String,
-    Arc<std::sync::atomic::AtomicUsize>,
-    Arc<std::sync::atomic::AtomicUsize>,
-) {
+async fn counting_upstream(mode: KeepAlive) -> (String, Count, Count) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}/v1", listener.local_addr().unwrap());
@@ -2398,8 +2395,16 @@ async fn counting_upstream(
     (base, accepted, answered)
 }
 
-async fn counted_chat(gw: &TestGateway) -> Value {
-    let resp = client()
+/// The gateway with one model, `chat`, on a fresh [`counting_upstream`].
+async fn counting_gateway(mode: KeepAlive) -> (TestGateway, Count, Count) {
+    let (base, accepted, answered) = counting_upstream(mode).await;
+    let yaml = support::openai_config(&base, &[("chat", "gpt-count")], "");
+    (start(&yaml, &[]).await, accepted, answered)
+}
+
+/// A chat through the HTTP door on `http` that must succeed, with the counting upstream's answer.
+async fn counted_chat(http: &reqwest::Client, gw: &TestGateway) -> Value {
+    let resp = http
         .post(gw.url("/v1/chat/completions"))
         .bearer_auth(MASTER_KEY)
         .json(&json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}]}))
@@ -2415,23 +2420,10 @@ async fn counted_chat(gw: &TestGateway) -> Value {
 #[tokio::test]
 async fn plain_http_upstream_connections_are_kept_and_reused_through_both_doors() {
     use std::sync::atomic::Ordering;
-    let (base, accepted, answered) = counting_upstream(KeepAlive::Keep).await;
-    let gw = start(
-        &support::openai_config(&base, &[("chat", "gpt-count")], ""),
-        &[],
-    )
-    .await;
+    let (gw, accepted, answered) = counting_gateway(KeepAlive::Keep).await;
     let http = client();
     for _ in 0..5 {
-        let resp = http
-            .post(gw.url("/v1/chat/completions"))
-            .bearer_auth(MASTER_KEY)
-            .json(&json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}]}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        let v: Value = resp.json().await.unwrap();
+        let v = counted_chat(&http, &gw).await;
         assert_eq!(v["choices"][0]["message"]["content"], "counted");
     }
     // One client connection is served by one worker, which keeps one upstream connection.
@@ -2458,7 +2450,8 @@ async fn plain_http_upstream_connections_are_kept_and_reused_through_both_doors(
 
     // Eight at a time, three times: the connections of one round serve the next.
     for _ in 0..3 {
-        let calls: Vec<_> = (0..8).map(|_| counted_chat(&gw)).collect();
+        let clients: Vec<_> = (0..8).map(|_| client()).collect();
+        let calls: Vec<_> = clients.iter().map(|c| counted_chat(c, &gw)).collect();
         futures_util::future::join_all(calls).await;
     }
     assert_eq!(answered.load(Ordering::SeqCst), 34);
@@ -2470,27 +2463,17 @@ async fn plain_http_upstream_connections_are_kept_and_reused_through_both_doors(
 async fn an_upstream_that_closes_its_connections_costs_no_request() {
     use std::sync::atomic::Ordering;
     // `Connection: close` on every answer: each call needs a new connection, none fails.
-    let (base, accepted, answered) = counting_upstream(KeepAlive::CloseEach).await;
-    let gw = start(
-        &support::openai_config(&base, &[("chat", "gpt-count")], ""),
-        &[],
-    )
-    .await;
+    let (gw, accepted, answered) = counting_gateway(KeepAlive::CloseEach).await;
     for _ in 0..5 {
-        counted_chat(&gw).await;
+        counted_chat(&client(), &gw).await;
     }
     assert_eq!(answered.load(Ordering::SeqCst), 5);
     assert_eq!(accepted.load(Ordering::SeqCst), 5);
 
     // A kept-alive connection the upstream drops while idle is not used again.
-    let (base, accepted, answered) = counting_upstream(KeepAlive::DropAfter100Ms).await;
-    let gw = start(
-        &support::openai_config(&base, &[("chat", "gpt-count")], ""),
-        &[],
-    )
-    .await;
+    let (gw, accepted, answered) = counting_gateway(KeepAlive::DropAfter100Ms).await;
     for _ in 0..3 {
-        counted_chat(&gw).await;
+        counted_chat(&client(), &gw).await;
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
     assert_eq!(answered.load(Ordering::SeqCst), 3);
