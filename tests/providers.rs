@@ -2369,11 +2369,32 @@ async fn counting_upstream(mode: KeepAlive) -> (String, Count, Count) {
                                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "counted"}, "finish_reason": "stop"}],
                                 "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
                             });
-                            let mut resp = hyper::Response::new(http_body_util::Full::new(
-                                Bytes::from(answer.to_string()),
-                            ));
+                            // A stream is sent chunked, its end after the `[DONE]` event.
+                            let (body, content_type) = if sent["stream"] == true {
+                                let chunk = json!({
+                                    "id": "chatcmpl-count", "object": "chat.completion.chunk",
+                                    "created": 1, "model": sent["model"],
+                                    "choices": [{"index": 0, "delta": {"content": "counted"}, "finish_reason": "stop"}]
+                                });
+                                let events =
+                                    [format!("data: {chunk}\n\n"), "data: [DONE]\n\n".into()];
+                                let frames = events.map(|e| {
+                                    Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(
+                                        Bytes::from(e),
+                                    ))
+                                });
+                                let body = http_body_util::StreamBody::new(
+                                    futures_util::stream::iter(frames),
+                                );
+                                (BodyExt::boxed(body), "text/event-stream")
+                            } else {
+                                let body =
+                                    http_body_util::Full::new(Bytes::from(answer.to_string()));
+                                (BodyExt::boxed(body), "application/json")
+                            };
+                            let mut resp = hyper::Response::new(body);
                             resp.headers_mut()
-                                .insert("content-type", "application/json".parse().unwrap());
+                                .insert("content-type", content_type.parse().unwrap());
                             if mode == KeepAlive::CloseEach {
                                 resp.headers_mut()
                                     .insert("connection", "close".parse().unwrap());
@@ -2457,6 +2478,32 @@ async fn plain_http_upstream_connections_are_kept_and_reused_through_both_doors(
     assert_eq!(answered.load(Ordering::SeqCst), 34);
     let n = accepted.load(Ordering::SeqCst);
     assert!(n <= 2 + 16, "{n} connections for 24 calls in rounds of 8");
+}
+
+#[tokio::test]
+async fn a_streamed_answer_read_to_its_end_marker_leaves_its_connection_for_the_next_call() {
+    use std::sync::atomic::Ordering;
+    let (gw, accepted, answered) = counting_gateway(KeepAlive::Keep).await;
+    let http = client();
+    for _ in 0..4 {
+        let resp = http
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(MASTER_KEY)
+            .json(&json!({"model": "chat", "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let events = sse_data(&resp.text().await.unwrap());
+        assert!(events.iter().any(|e| e.contains("counted")), "{events:?}");
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+        // The rest of the upstream body is read in the background.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let v = counted_chat(&http, &gw).await;
+    assert_eq!(v["choices"][0]["message"]["content"], "counted");
+    assert_eq!(answered.load(Ordering::SeqCst), 5);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]

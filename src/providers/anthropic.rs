@@ -1285,6 +1285,7 @@ where
                 return Some((Ok(chunk), Some(pump)));
             }
             if pump.done {
+                super::http::finish_in_background(pump.events);
                 return None;
             }
             let event = match pump.events.next().await {

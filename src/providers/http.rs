@@ -132,6 +132,23 @@ pub fn sse_events(resp: UpstreamResponse) -> impl Stream<Item = Result<Event, Er
         .map(|r| r.map_err(|e| Error::bad_gateway(format!("the provider's stream broke: {e}"))))
 }
 
+/// Reads what is left of a stream's body after the provider's end marker, in the background
+/// and for a second at most, so that its connection can carry the next call: an HTTP/1.1
+/// connection is only reused once its answer has been read to the end, and the body's own end
+/// usually follows the marker at once. The caller's stream ends without waiting for it.
+pub fn finish_in_background<S>(mut rest: S)
+where
+    S: Stream + Unpin + Send + 'static,
+{
+    // Always on a runtime when serving; without one (a unit test), nothing to reuse.
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            let drain = async { while rest.next().await.is_some() {} };
+            let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+        });
+    }
+}
+
 /// The error for a stream that ended before its end marker.
 pub fn stream_cut() -> Error {
     Error::bad_gateway("the provider's stream ended before it finished")

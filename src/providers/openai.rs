@@ -6,7 +6,8 @@
 use futures_util::StreamExt;
 
 use super::http::{
-    FixedHeaders, Upstream, UpstreamRequest, parse_uri, sse_events, stream_cut, upstream_error,
+    FixedHeaders, Upstream, UpstreamRequest, finish_in_background, parse_uri, sse_events,
+    stream_cut, upstream_error,
 };
 use super::{ChunkStream, ProviderApi, ProviderKind};
 use crate::core::error::Error;
@@ -181,6 +182,7 @@ impl ProviderApi for OpenAiProvider {
                     continue;
                 }
                 if data == "[DONE]" {
+                    finish_in_background(events);
                     return None;
                 }
                 return match parse_chunk(data) {
