@@ -439,7 +439,7 @@ fn connect_error(e: &dyn std::error::Error) -> Error {
 }
 
 /// A call that failed after the connection was made.
-fn call_error(e: &hyper::Error) -> Error {
+fn call_error(e: &dyn std::error::Error) -> Error {
     Error::bad_gateway(format!("the provider call failed: {}", chain(e)))
 }
 
@@ -448,7 +448,7 @@ fn legacy_error(e: hyper_util::client::legacy::Error) -> Error {
     if e.is_connect() {
         connect_error(&e)
     } else {
-        Error::bad_gateway(format!("the provider call failed: {}", chain(&e)))
+        call_error(&e)
     }
 }
 
