@@ -165,38 +165,91 @@ impl ServedBy {
     }
 
     /// LiteLLM's `x-litellm-*` response headers (HTTP headers, gRPC metadata), so existing
-    /// dashboards keep working; the cost only where it is known when the headers leave.
-    pub fn write_headers(&self, cost: Option<f64>, h: &mut http::HeaderMap) {
-        use http::{HeaderName, HeaderValue};
-        // Checked at compile time (`from_static` at run time walks every byte).
-        const RETRIES: HeaderName = HeaderName::from_static("x-litellm-attempted-retries");
-        const FALLBACKS: HeaderName = HeaderName::from_static("x-litellm-attempted-fallbacks");
-        const DURATION: HeaderName = HeaderName::from_static("x-litellm-response-duration-ms");
-        const OVERHEAD: HeaderName = HeaderName::from_static("x-litellm-overhead-duration-ms");
-        const COST: HeaderName = HeaderName::from_static("x-litellm-response-cost");
-        // Room for all of them at once, instead of growing the map on the way (with the
-        // rounding up, there is room left for the door's content type and request id).
-        h.reserve(self.deployment.identity_headers.len() + 5);
-        for (name, value) in &self.deployment.identity_headers {
-            h.insert(name.clone(), value.clone());
-        }
-        h.insert(RETRIES, count(self.attempted_retries));
-        h.insert(FALLBACKS, count(self.attempted_fallbacks));
-        let formatted = [
-            (DURATION, millis(self.started.elapsed())),
-            (OVERHEAD, millis(self.overhead())),
+    /// dashboards keep working; the cost only where it is known when the headers leave. A
+    /// copy of the deployment's [`ResponseHeaders`] with this answer's values written in
+    /// place: inserting eight headers one by one hashed every name on every answer.
+    pub fn headers(&self, cost: Option<f64>) -> http::HeaderMap {
+        let template = &self.deployment.headers;
+        let mut h = match cost {
+            Some(_) => template.with_cost.clone(),
+            None => template.without_cost.clone(),
+        };
+        let duration = millis(self.started.elapsed());
+        let overhead = millis(self.overhead());
+        let mut values = [
+            (self.attempted_retries != 0).then(|| count(self.attempted_retries)),
+            (self.attempted_fallbacks != 0).then(|| count(self.attempted_fallbacks)),
+            per_answer(duration),
+            per_answer(overhead),
+            cost.and_then(|c| per_answer(c.to_string())),
         ];
-        let cost = cost.map(|c| (COST, c.to_string()));
-        // The formatted strings become the header values as they are (no second copy). They
-        // differ on every answer: marked so HTTP/2 (the gRPC door) sends them as literals
-        // instead of churning its HPACK table with values that never repeat.
-        for (name, value) in formatted.into_iter().chain(cost) {
-            if let Ok(mut v) = HeaderValue::try_from(value) {
-                v.set_sensitive(true);
-                h.insert(name, v);
+        for (at, (_, value)) in h.iter_mut().enumerate() {
+            let slot = template.slots.iter().position(|&s| s == Some(at));
+            if let Some(new) = slot.and_then(|i| values.get_mut(i)).and_then(Option::take) {
+                *value = new;
             }
         }
+        h
     }
+}
+
+/// A deployment's answer headers, built once: its identity (`x-litellm-model-group`,
+/// `-model-id`, `-model-api-base`), then the retries, fallbacks, durations and (in one of the
+/// two) the cost, holding placeholders that [`ServedBy::headers`] overwrites by position.
+#[derive(Debug)]
+pub(crate) struct ResponseHeaders {
+    with_cost: http::HeaderMap,
+    without_cost: http::HeaderMap,
+    /// Where retries, fallbacks, duration, overhead and cost sit in the maps' iteration order
+    /// (the same in both: the cost comes last), read off the built map itself.
+    slots: [Option<usize>; 5],
+}
+
+impl ResponseHeaders {
+    pub(crate) fn new(identity: &[(&'static str, Option<&str>)]) -> Self {
+        use http::{HeaderName, HeaderValue};
+        const NAMES: [&str; 5] = [
+            "x-litellm-attempted-retries",
+            "x-litellm-attempted-fallbacks",
+            "x-litellm-response-duration-ms",
+            "x-litellm-overhead-duration-ms",
+            "x-litellm-response-cost",
+        ];
+        // Room in the index table for the doors' own headers (content type, request id, cache
+        // control): a copy keeps the table's size, so adding them does not rehash.
+        let mut with_cost = http::HeaderMap::with_capacity(12);
+        for (name, value) in identity {
+            // A value that is not a valid header (control characters) is left out.
+            if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
+                with_cost.insert(HeaderName::from_static(name), v);
+            }
+        }
+        for name in NAMES {
+            with_cost.insert(HeaderName::from_static(name), HeaderValue::from_static("0"));
+        }
+        let mut without_cost = with_cost.clone();
+        without_cost.remove(NAMES[4]);
+        let mut slots = [None; 5];
+        for (at, name) in with_cost.keys().enumerate() {
+            if let Some(i) = NAMES.iter().position(|n| name == n) {
+                slots[i] = Some(at);
+            }
+        }
+        ResponseHeaders {
+            with_cost,
+            without_cost,
+            slots,
+        }
+    }
+}
+
+/// A value that differs on every answer, marked so HTTP/2 (the gRPC door) sends it as a
+/// literal instead of churning its HPACK table with values that never repeat. The formatted
+/// string becomes the value as it is (no second copy).
+fn per_answer(value: String) -> Option<http::HeaderValue> {
+    let mut v = http::HeaderValue::try_from(value).ok()?;
+    v.set_sensitive(true);
+    Some(v)
 }
 
 /// A count as a header value; the usual ones (no retry, no fallback) without an allocation.
@@ -899,8 +952,64 @@ impl Drop for ChatStream {
 
 #[cfg(test)]
 mod tests {
-    use super::millis;
+    use super::{Deployment, ServedBy, millis};
+    use std::sync::Arc;
     use std::time::Duration;
+    use tokio::time::Instant;
+
+    fn served_by(api_base: &str, retries: u32, fallbacks: u32) -> ServedBy {
+        let yaml = format!(
+            "model_list:\n  - model_name: m\n    litellm_params: {{model: openai/x, api_key: k, api_base: \"{api_base}\"}}\n"
+        );
+        let config = crate::config::load_str(&yaml, "t", &|_| None)
+            .unwrap()
+            .config
+            .deployments[0]
+            .clone();
+        let provider =
+            crate::providers::Provider::Mock(crate::providers::mock::MockProvider::for_tests());
+        ServedBy {
+            cost_usd: 0.0,
+            attempted_retries: retries,
+            attempted_fallbacks: fallbacks,
+            started: Instant::now() - Duration::from_millis(12),
+            upstream: Duration::from_millis(10),
+            deployment: Arc::new(Deployment::new(config, provider, 0)),
+        }
+    }
+
+    #[test]
+    fn answer_headers_carry_this_answers_values_under_their_names() {
+        let by = served_by("http://up.example/v1", 2, 1);
+        let h = by.headers(Some(0.25));
+        assert_eq!(h.len(), 8, "{h:?}");
+        assert_eq!(h["x-litellm-model-group"], "m");
+        assert_eq!(h["x-litellm-model-api-base"], "http://up.example/v1");
+        assert_eq!(h["x-litellm-attempted-retries"], "2");
+        assert_eq!(h["x-litellm-attempted-fallbacks"], "1");
+        assert_eq!(h["x-litellm-response-cost"], "0.25");
+        let ms = |name: &str| h[name].to_str().unwrap().parse::<f64>().unwrap();
+        assert!(ms("x-litellm-response-duration-ms") >= 12.0, "{h:?}");
+        let overhead = ms("x-litellm-overhead-duration-ms");
+        assert!((2.0..10.0).contains(&overhead), "{h:?}");
+        assert!(h["x-litellm-response-duration-ms"].is_sensitive());
+
+        // Without a cost (streams): no cost header; the rest as before, placeholders
+        // replaced; a second answer does not see the first one's values.
+        let h = served_by("http://up.example/v1", 0, 0).headers(None);
+        assert_eq!(h.len(), 7, "{h:?}");
+        assert!(h.get("x-litellm-response-cost").is_none());
+        assert_eq!(h["x-litellm-attempted-retries"], "0");
+        assert_eq!(h["x-litellm-attempted-fallbacks"], "0");
+        assert_ne!(h["x-litellm-response-duration-ms"], "0");
+        assert_eq!(by.headers(None)["x-litellm-attempted-retries"], "2");
+
+        // An identity value that cannot be a header is left out; the rest keep their places.
+        let h = served_by("http://up.example/\\u0001", 3, 0).headers(Some(1.5));
+        assert!(h.get("x-litellm-model-api-base").is_none(), "{h:?}");
+        assert_eq!(h["x-litellm-attempted-retries"], "3");
+        assert_eq!(h["x-litellm-response-cost"], "1.5");
+    }
 
     #[test]
     fn durations_read_as_milliseconds_with_three_decimals() {

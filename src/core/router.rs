@@ -97,8 +97,8 @@ pub struct Deployment {
     pub price: Option<TokenPrice>,
     /// Metric handles of this deployment, per door (labels resolved once, not per request).
     pub(crate) metrics: Option<Arc<[DoorMetrics; 2]>>,
-    /// `x-litellm-model-group`, `-model-id` and `-model-api-base`, built once.
-    pub(crate) identity_headers: http::HeaderMap,
+    /// The `x-litellm-*` headers of its answers, built once.
+    pub(crate) headers: super::ResponseHeaders,
     in_flight: Arc<AtomicU32>,
     health: Mutex<Health>,
     /// Exponentially weighted latency of successful calls, in milliseconds.
@@ -107,20 +107,13 @@ pub struct Deployment {
 
 impl Deployment {
     pub fn new(config: DeploymentConfig, provider: Provider, index: usize) -> Self {
-        let mut identity_headers = http::HeaderMap::with_capacity(3);
-        let pairs = [
+        let headers = super::ResponseHeaders::new(&[
             ("x-litellm-model-group", Some(config.model_name.as_str())),
             ("x-litellm-model-id", Some(config.id.as_str())),
             ("x-litellm-model-api-base", config.api_base.as_deref()),
-        ];
-        for (name, value) in pairs {
-            // A value that is not a valid header (control characters) is left out.
-            if let Some(v) = value.and_then(|v| http::HeaderValue::from_str(v).ok()) {
-                identity_headers.insert(http::HeaderName::from_static(name), v);
-            }
-        }
+        ]);
         Deployment {
-            identity_headers,
+            headers,
             config,
             provider,
             index,

@@ -89,12 +89,9 @@ fn put(md: &mut MetadataMap, key: &'static str, value: String) {
 /// Response metadata: the request id, and where the answer came from (the HTTP door's
 /// `x-litellm-*` headers, from the same core function).
 fn respond<T>(msg: T, request_id: &str, by: Option<&ServedBy>) -> Response<T> {
-    let mut headers = http::HeaderMap::new();
-    if let Some(by) = by {
-        by.write_headers(Some(by.cost_usd), &mut headers);
-    }
+    let mut headers = by.map_or_else(http::HeaderMap::new, |by| by.headers(Some(by.cost_usd)));
     if let Ok(mut v) = http::HeaderValue::from_str(request_id) {
-        // Unique per call: an HPACK literal, not a table entry (see `write_headers`).
+        // Unique per call: an HPACK literal, not a table entry (see `ServedBy::headers`).
         v.set_sensitive(true);
         headers.insert("x-request-id", v);
     }
