@@ -548,17 +548,20 @@ impl Gateway {
     }
 
     /// Runs `fut` within `timeout` and the client's deadline.
-    async fn bounded<T>(
+    fn bounded<T>(
         deadline: Option<Instant>,
         timeout: Duration,
         fut: impl Future<Output = Result<T, Error>>,
-    ) -> Result<T, Error> {
+    ) -> impl Future<Output = Result<T, Error>> {
+        use futures_util::FutureExt;
         let own = Instant::now() + timeout;
         let (at, theirs) = match deadline {
             Some(d) if d < own => (d, true),
             _ => (own, false),
         };
-        match tokio::time::timeout_at(at, fut).await {
+        // Not an `async fn`: its state would hold `fut` twice (the argument, and the timeout
+        // it is moved into), and every request's future is copied at each level it passes.
+        tokio::time::timeout_at(at, fut).map(move |r| match r {
             Ok(r) => r,
             // The client's deadline is not the provider's fault: nothing to retry.
             Err(_) if theirs => Err(Error::new(
@@ -571,7 +574,7 @@ impl Gateway {
                 timeout.as_secs_f64()
             ))
             .with_code("timeout")),
-        }
+        })
     }
 
     pub async fn chat(
