@@ -2360,25 +2360,18 @@ async fn counting_upstream(mode: KeepAlive) -> (String, Count, Count) {
                         let ans = ans.clone();
                         async move {
                             use http_body_util::BodyExt;
+                            let anthropic = req.uri().path().ends_with("/messages");
                             let body = req.into_body().collect().await.unwrap().to_bytes();
                             let sent: Value = serde_json::from_slice(&body).unwrap();
                             ans.fetch_add(1, Ordering::SeqCst);
-                            let answer = json!({
-                                "id": "chatcmpl-count", "object": "chat.completion", "created": 1,
-                                "model": sent["model"],
-                                "choices": [{"index": 0, "message": {"role": "assistant", "content": "counted"}, "finish_reason": "stop"}],
-                                "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
-                            });
-                            // A stream is sent chunked, its end after the `[DONE]` event.
+                            let (answer, events) = if anthropic {
+                                anthropic_answer(&sent)
+                            } else {
+                                openai_answer(&sent)
+                            };
+                            // A stream is sent chunked, its end after the last event.
                             let (body, content_type) = if sent["stream"] == true {
-                                let chunk = json!({
-                                    "id": "chatcmpl-count", "object": "chat.completion.chunk",
-                                    "created": 1, "model": sent["model"],
-                                    "choices": [{"index": 0, "delta": {"content": "counted"}, "finish_reason": "stop"}]
-                                });
-                                let events =
-                                    [format!("data: {chunk}\n\n"), "data: [DONE]\n\n".into()];
-                                let frames = events.map(|e| {
+                                let frames = events.into_iter().map(|e| {
                                     Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(
                                         Bytes::from(e),
                                     ))
@@ -2414,6 +2407,50 @@ async fn counting_upstream(mode: KeepAlive) -> (String, Count, Count) {
         }
     });
     (base, accepted, answered)
+}
+
+/// The counting upstream's answer to an OpenAI chat request: the JSON, and the SSE events of
+/// the same answer streamed (ending in `[DONE]`).
+fn openai_answer(sent: &Value) -> (Value, Vec<String>) {
+    let answer = json!({        "id": "chatcmpl-count", "object": "chat.completion", "created": 1,
+        "model": sent["model"],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "counted"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+    });
+    let chunk = json!({
+        "id": "chatcmpl-count", "object": "chat.completion.chunk",
+        "created": 1, "model": sent["model"],
+        "choices": [{"index": 0, "delta": {"content": "counted"}, "finish_reason": "stop"}]
+    });
+    let events = vec![format!("data: {chunk}\n\n"), "data: [DONE]\n\n".into()];
+    (answer, events)
+}
+
+/// The counting upstream's answer to an Anthropic Messages request, as
+/// [`openai_answer`]: the stream is Anthropic's event sequence, ending in `message_stop`.
+fn anthropic_answer(sent: &Value) -> (Value, Vec<String>) {
+    let usage = json!({"input_tokens": 3, "output_tokens": 1});
+    let answer = json!({
+        "id": "msg_count", "type": "message", "role": "assistant", "model": sent["model"],
+        "content": [{"type": "text", "text": "counted"}],
+        "stop_reason": "end_turn", "stop_sequence": null, "usage": usage
+    });
+    let events = [
+        json!({"type": "message_start", "message": {
+            "id": "msg_count", "type": "message", "role": "assistant", "model": sent["model"],
+            "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": 3, "output_tokens": 0}}}),
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "counted"}}),
+        json!({"type": "content_block_stop", "index": 0}),
+        json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 1}}),
+        json!({"type": "message_stop"}),
+    ];
+    let events = events
+        .iter()
+        .map(|e| format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap()))
+        .collect();
+    (answer, events)
 }
 
 /// The gateway with one model, `chat`, on a fresh [`counting_upstream`].
@@ -2501,6 +2538,40 @@ async fn a_streamed_answer_read_to_its_end_marker_leaves_its_connection_for_the_
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let v = counted_chat(&http, &gw).await;
+    assert_eq!(v["choices"][0]["message"]["content"], "counted");
+    assert_eq!(answered.load(Ordering::SeqCst), 5);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+/// As above, for Anthropic's stream: it ends the gateway's stream at `message_stop`, before the
+/// upstream body's chunked end, which is then read in the background.
+#[tokio::test]
+async fn an_anthropic_stream_read_to_message_stop_leaves_its_connection_for_the_next_call() {
+    use std::sync::atomic::Ordering;
+    let (base, accepted, answered) = counting_upstream(KeepAlive::Keep).await;
+    let yaml = format!(
+        "model_list:\n  - model_name: claude\n    litellm_params:\n      model: anthropic/claude-count\n      api_key: sk-ant-secret\n      api_base: {base}\ngeneral_settings:\n  master_key: {MASTER_KEY}\n"
+    );
+    let gw = start(&yaml, &[]).await;
+    let http = client();
+    let ask = |stream: bool| {
+        http.post(gw.url("/v1/chat/completions"))
+            .bearer_auth(MASTER_KEY)
+            .json(&json!({"model": "claude", "stream": stream, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    };
+    for _ in 0..4 {
+        let resp = ask(true).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let events = sse_data(&resp.text().await.unwrap());
+        assert!(events.iter().any(|e| e.contains("counted")), "{events:?}");
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+        // The rest of the upstream body is read in the background.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let resp = ask(false).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
     assert_eq!(v["choices"][0]["message"]["content"], "counted");
     assert_eq!(answered.load(Ordering::SeqCst), 5);
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
