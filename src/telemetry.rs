@@ -167,19 +167,6 @@ impl PlainVisitor<'_> {
         }
         self.result = r.and_then(|()| value(w));
     }
-
-    /// [`Self::field`] for a value already in text, quoted or not.
-    fn text_field(&mut self, field: &Field, quote: bool, value: &str) {
-        self.field(field, |w| {
-            if quote {
-                w.write_char('"')?;
-                w.write_str(value)?;
-                w.write_char('"')
-            } else {
-                w.write_str(value)
-            }
-        });
-    }
 }
 
 /// Characters `{:?}` would leave as they are inside quotes.
@@ -190,35 +177,27 @@ fn plain(s: &str) -> bool {
 
 impl Visit for PlainVisitor<'_> {
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.text_field(field, false, itoa::Buffer::new().format(value));
+        self.field(field, |w| w.write_str(itoa::Buffer::new().format(value)));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.text_field(field, false, itoa::Buffer::new().format(value));
+        self.field(field, |w| w.write_str(itoa::Buffer::new().format(value)));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.text_field(field, false, if value { "true" } else { "false" });
-    }
-
-    /// As `{:?}` writes a float (`0.25`, `4.95e-6`), by `ryu` instead of `core::fmt`.
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        // `{:?}` switches to an exponent below 1e-4 and from 1e16, ryu below 1e-5 and from
-        // 1e16: the decade between, and anything not finite, goes through `core::fmt`.
-        let magnitude = value.abs();
-        if value.is_finite() && (magnitude == 0.0 || !(1e-5..1e-4).contains(&magnitude)) {
-            self.text_field(field, false, ryu::Buffer::new().format_finite(value));
-        } else {
-            self.field(field, |w| write!(w, "{value:?}"));
-        }
+        self.field(field, |w| w.write_str(if value { "true" } else { "false" }));
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        if plain(value) {
-            self.text_field(field, true, value);
-        } else {
-            self.field(field, |w| write!(w, "{value:?}"));
-        }
+        self.field(field, |w| {
+            if plain(value) {
+                w.write_char('"')?;
+                w.write_str(value)?;
+                w.write_char('"')
+            } else {
+                write!(w, "{value:?}")
+            }
+        });
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
@@ -392,18 +371,6 @@ mod tests {
                 delta = -3i64,
                 ok = true,
                 cost_usd = 4.95e-6,
-                zero = 0.0,
-                quarter = 0.25,
-                one = 1.0,
-                small = 0.0001,
-                smaller = 0.00002,
-                tiny = 1e-5,
-                big = 123456.75,
-                huge = 1e16,
-                neg = -2.5e-7,
-                nan = f64::NAN,
-                long_name_of_a_field_with_a_value_too_long_to_fit_in_one_small_buffer = "\
-                    a value long enough that the field does not fit in the buffer of one write",
                 "request served"
             );
         }
