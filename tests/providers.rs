@@ -2517,47 +2517,14 @@ async fn plain_http_upstream_connections_are_kept_and_reused_through_both_doors(
     assert!(n <= 2 + 16, "{n} connections for 24 calls in rounds of 8");
 }
 
-#[tokio::test]
-async fn a_streamed_answer_read_to_its_end_marker_leaves_its_connection_for_the_next_call() {
-    use std::sync::atomic::Ordering;
-    let (gw, accepted, answered) = counting_gateway(KeepAlive::Keep).await;
-    let http = client();
-    for _ in 0..4 {
-        let resp = http
-            .post(gw.url("/v1/chat/completions"))
-            .bearer_auth(MASTER_KEY)
-            .json(&json!({"model": "chat", "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        let events = sse_data(&resp.text().await.unwrap());
-        assert!(events.iter().any(|e| e.contains("counted")), "{events:?}");
-        assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-        // The rest of the upstream body is read in the background.
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let v = counted_chat(&http, &gw).await;
-    assert_eq!(v["choices"][0]["message"]["content"], "counted");
-    assert_eq!(answered.load(Ordering::SeqCst), 5);
-    assert_eq!(accepted.load(Ordering::SeqCst), 1);
-}
-
-/// As above, for Anthropic's stream: it ends the gateway's stream at `message_stop`, before the
-/// upstream body's chunked end, which is then read in the background.
-#[tokio::test]
-async fn an_anthropic_stream_read_to_message_stop_leaves_its_connection_for_the_next_call() {
-    use std::sync::atomic::Ordering;
-    let (base, accepted, answered) = counting_upstream(KeepAlive::Keep).await;
-    let yaml = format!(
-        "model_list:\n  - model_name: claude\n    litellm_params:\n      model: anthropic/claude-count\n      api_key: sk-ant-secret\n      api_base: {base}\ngeneral_settings:\n  master_key: {MASTER_KEY}\n"
-    );
-    let gw = start(&yaml, &[]).await;
+/// Four streams and then a chat for `model` through the HTTP door, each checked: every
+/// stream ends in `[DONE]` and carries the counting upstream's text, and so does the chat.
+async fn four_streams_then_a_chat(gw: &TestGateway, model: &str) {
     let http = client();
     let ask = |stream: bool| {
         http.post(gw.url("/v1/chat/completions"))
             .bearer_auth(MASTER_KEY)
-            .json(&json!({"model": "claude", "stream": stream, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}))
+            .json(&json!({"model": model, "stream": stream, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}))
             .send()
     };
     for _ in 0..4 {
@@ -2573,6 +2540,28 @@ async fn an_anthropic_stream_read_to_message_stop_leaves_its_connection_for_the_
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["choices"][0]["message"]["content"], "counted");
+}
+
+#[tokio::test]
+async fn a_streamed_answer_read_to_its_end_marker_leaves_its_connection_for_the_next_call() {
+    use std::sync::atomic::Ordering;
+    let (gw, accepted, answered) = counting_gateway(KeepAlive::Keep).await;
+    four_streams_then_a_chat(&gw, "chat").await;
+    assert_eq!(answered.load(Ordering::SeqCst), 5);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+/// As above, for Anthropic's stream: it ends the gateway's stream at `message_stop`, before the
+/// upstream body's chunked end, which is then read in the background.
+#[tokio::test]
+async fn an_anthropic_stream_read_to_message_stop_leaves_its_connection_for_the_next_call() {
+    use std::sync::atomic::Ordering;
+    let (base, accepted, answered) = counting_upstream(KeepAlive::Keep).await;
+    let yaml = format!(
+        "model_list:\n  - model_name: claude\n    litellm_params:\n      model: anthropic/claude-count\n      api_key: sk-ant-secret\n      api_base: {base}\ngeneral_settings:\n  master_key: {MASTER_KEY}\n"
+    );
+    let gw = start(&yaml, &[]).await;
+    four_streams_then_a_chat(&gw, "claude").await;
     assert_eq!(answered.load(Ordering::SeqCst), 5);
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
