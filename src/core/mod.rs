@@ -252,11 +252,11 @@ fn per_answer(value: String) -> Option<http::HeaderValue> {
     Some(v)
 }
 
-/// A count as a header value; the usual ones (no retry, no fallback) without an allocation.
+/// A retry or fallback count as a header value (zero is the template's own placeholder), the
+/// usual ones without an allocation.
 fn count(n: u32) -> http::HeaderValue {
     use http::HeaderValue;
     match n {
-        0 => HeaderValue::from_static("0"),
         1 => HeaderValue::from_static("1"),
         2 => HeaderValue::from_static("2"),
         _ => HeaderValue::from(n),
