@@ -2347,19 +2347,31 @@ type Count = Arc<std::sync::atomic::AtomicUsize>;
 async fn counting_upstream(mode: KeepAlive) -> (String, Count, Count) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    let authority = listener.local_addr().unwrap().to_string();
+    let base = format!("http://{authority}/v1");
     let (accepted, answered) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let (acc, ans) = (accepted.clone(), answered.clone());
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             acc.fetch_add(1, Ordering::SeqCst);
-            let ans = ans.clone();
+            let (ans, authority) = (ans.clone(), authority.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(
                     move |req: hyper::Request<hyper::body::Incoming>| {
-                        let ans = ans.clone();
+                        let (ans, authority) = (ans.clone(), authority.clone());
                         async move {
                             use http_body_util::BodyExt;
+                            // As a real server: the request target in origin form, and the
+                            // URL's host and port in `Host`.
+                            let host = req.headers().get("host").map(|h| h.to_str().unwrap());
+                            if host != Some(authority.as_str()) || req.uri().authority().is_some() {
+                                let said = format!("Host {host:?}, target {}", req.uri());
+                                let mut resp = hyper::Response::new(BodyExt::boxed(
+                                    http_body_util::Full::new(Bytes::from(said)),
+                                ));
+                                *resp.status_mut() = hyper::StatusCode::BAD_REQUEST;
+                                return Ok(resp);
+                            }
                             let anthropic = req.uri().path().ends_with("/messages");
                             let body = req.into_body().collect().await.unwrap().to_bytes();
                             let sent: Value = serde_json::from_slice(&body).unwrap();

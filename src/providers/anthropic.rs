@@ -25,7 +25,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::http::{
-    FixedHeaders, Upstream, UpstreamRequest, parse_uri, sse_events, stream_cut, upstream_error,
+    FixedHeaders, Target, Upstream, UpstreamRequest, parse_uri, sse_events, stream_cut,
+    upstream_error,
 };
 use super::{ChunkStream, ProviderApi};
 use crate::core::error::Error;
@@ -60,7 +61,7 @@ const OPENAI_ONLY_PARAMS: [&str; 9] = [
 pub struct AnthropicProvider {
     up: Upstream,
     /// Parsed once, at startup.
-    url: Result<http::Uri, String>,
+    url: Result<Target, String>,
     /// Built once: API version and key.
     headers: Result<FixedHeaders, Error>,
 }

@@ -100,14 +100,14 @@ impl HttpClient {
         body: Vec<u8>,
     ) -> Result<UpstreamResponse, Error> {
         let shard = Workers::current().map_or(0, |i| i + 1) % self.shards.len();
-        if call.uri.scheme() == Some(&Scheme::HTTP) {
+        if call.target.0.uri.scheme() == Some(&Scheme::HTTP) {
             // Boxed, as hyper-util's client boxes its own: the call's states would otherwise
             // add about a kilobyte to every request's future, copied on every move.
             return Box::pin(Plain::send(&self.plain, shard, call, body)).await;
         }
         let mut req = Request::new(Full::new(Bytes::from(body)));
         *req.method_mut() = Method::POST;
-        *req.uri_mut() = call.uri;
+        *req.uri_mut() = call.target.0.uri.clone();
         *req.headers_mut() = call.headers;
         let resp = self.shards[shard]
             .request(req)
@@ -166,22 +166,22 @@ impl Plain {
         call: UpstreamRequest,
         body: Vec<u8>,
     ) -> Result<UpstreamResponse, Error> {
-        let UpstreamRequest { uri, mut headers } = call;
+        let UpstreamRequest {
+            target,
+            mut headers,
+        } = call;
+        let target = &target.0;
         // `parse_uri` only lets absolute URLs through.
-        let Some(authority) = uri.authority().cloned() else {
+        let Some(authority) = target.uri.authority().cloned() else {
             return Err(Error::new(
                 ErrorKind::Config,
                 "the provider URL has no host",
             ));
         };
-        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-            headers.insert(HOST, host);
-        }
+        headers.insert(HOST, target.host.clone());
         let mut req = Request::new(Full::new(Bytes::from(body)));
         *req.method_mut() = Method::POST;
-        *req.uri_mut() = uri
-            .path_and_query()
-            .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
+        *req.uri_mut() = target.origin.clone();
         *req.headers_mut() = headers;
 
         // An idle connection first; one that turns out closed is dropped, and the request,
@@ -201,7 +201,7 @@ impl Plain {
 
         // A new connection; its futures are boxed, so that the usual call (an idle
         // connection) does not carry their size through every state of the request.
-        Box::pin(plain.connect_and_send(shard, uri, authority, req)).await
+        Box::pin(plain.connect_and_send(shard, target.uri.clone(), authority, req)).await
     }
 
     async fn connect_and_send(
@@ -378,18 +378,18 @@ impl FixedHeaders {
 /// A call being prepared: where it goes and its headers.
 #[derive(Debug, Clone)]
 pub struct UpstreamRequest {
-    uri: Uri,
+    target: Target,
     headers: HeaderMap,
 }
 
 impl UpstreamRequest {
-    /// A POST to `uri` with `headers`, both prepared once per deployment (see [`parse_uri`],
+    /// A POST to `target` with `headers`, both prepared once per deployment (see [`parse_uri`],
     /// [`FixedHeaders`]); either one's error is the call's.
     pub fn post(
-        uri: &Result<Uri, String>,
+        target: &Result<Target, String>,
         headers: &Result<FixedHeaders, Error>,
     ) -> Result<Self, Error> {
-        let uri = uri.as_ref().map_err(|e| {
+        let target = target.as_ref().map_err(|e| {
             Error::new(
                 ErrorKind::Config,
                 format!("the provider URL is not valid: {e}"),
@@ -397,7 +397,7 @@ impl UpstreamRequest {
         })?;
         let headers = headers.as_ref().map_err(Clone::clone)?;
         Ok(UpstreamRequest {
-            uri: uri.clone(),
+            target: target.clone(),
             headers: headers.0.clone(),
         })
     }
@@ -410,13 +410,40 @@ fn invalid_header(name: &str) -> Error {
     )
 }
 
-/// Parses a provider URL once, at startup; the error keeps the URL for the log.
-pub fn parse_uri(url: String) -> Result<Uri, String> {
-    match url.parse::<Uri>() {
-        Ok(u) if u.scheme().is_some() && u.host().is_some() => Ok(u),
-        Ok(_) => Err(format!("{url}: not an absolute http(s) URL")),
-        Err(e) => Err(format!("{url}: {e}")),
+/// A provider URL, parsed once at startup with what a plain-HTTP call sends of it (its
+/// `Host` header and its path and query) made ready, so no call rebuilds them; a call takes a
+/// reference count, not copies of the parts.
+#[derive(Debug, Clone)]
+pub struct Target(Arc<TargetParts>);
+
+#[derive(Debug)]
+struct TargetParts {
+    uri: Uri,
+    host: HeaderValue,
+    origin: Uri,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.uri.fmt(f)
     }
+}
+
+/// Parses a provider URL once, at startup; the error keeps the URL for the log.
+pub fn parse_uri(url: String) -> Result<Target, String> {
+    let uri = match url.parse::<Uri>() {
+        Ok(u) if u.scheme().is_some() && u.host().is_some() => u,
+        Ok(_) => return Err(format!("{url}: not an absolute http(s) URL")),
+        Err(e) => return Err(format!("{url}: {e}")),
+    };
+    let host = uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .ok_or_else(|| format!("{url}: its host is not a valid Host header"))?;
+    let origin = uri
+        .path_and_query()
+        .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
+    Ok(Target(Arc::new(TargetParts { uri, host, origin })))
 }
 
 /// An error and its causes, as one line.
@@ -471,6 +498,17 @@ mod tests {
         assert!(parse_uri("http://127.0.0.1:9/x?alt=sse".into()).is_ok());
         assert!(parse_uri("/v1/chat/completions".into()).is_err());
         assert!(parse_uri("not a url".into()).is_err());
+    }
+
+    #[test]
+    fn a_parsed_url_keeps_its_host_header_and_request_target_ready() {
+        let t = parse_uri("http://127.0.0.1:9/x?alt=sse".into()).unwrap();
+        assert_eq!(t.0.host, "127.0.0.1:9");
+        assert_eq!(t.0.origin, "/x?alt=sse");
+        assert_eq!(t.to_string(), "http://127.0.0.1:9/x?alt=sse");
+        let t = parse_uri("http://ollama.internal".into()).unwrap();
+        assert_eq!(t.0.host, "ollama.internal");
+        assert_eq!(t.0.origin, "/");
     }
 
     #[test]

@@ -26,7 +26,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::http::{
-    FixedHeaders, Upstream, UpstreamRequest, parse_uri, sse_events, stream_cut, upstream_error,
+    FixedHeaders, Target, Upstream, UpstreamRequest, parse_uri, sse_events, stream_cut,
+    upstream_error,
 };
 use super::{ChunkStream, ProviderApi};
 use crate::core::error::{Error, ErrorKind};
@@ -45,9 +46,9 @@ pub struct GeminiProvider {
     /// The model's resource name, `models/{model}` (or the configured `tunedModels/...`).
     resource: String,
     /// `{api_base}/{resource}:{method}` for the three methods used, parsed once.
-    generate_url: Result<http::Uri, String>,
-    stream_url: Result<http::Uri, String>,
-    embed_url: Result<http::Uri, String>,
+    generate_url: Result<Target, String>,
+    stream_url: Result<Target, String>,
+    embed_url: Result<Target, String>,
     /// Built once: the key.
     headers: Result<FixedHeaders, Error>,
 }
@@ -88,7 +89,7 @@ impl GeminiProvider {
         )
     }
 
-    fn post(&self, url: &Result<http::Uri, String>) -> Result<UpstreamRequest, Error> {
+    fn post(&self, url: &Result<Target, String>) -> Result<UpstreamRequest, Error> {
         UpstreamRequest::post(url, &self.headers)
     }
 

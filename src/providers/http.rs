@@ -13,7 +13,9 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::client::body_error;
-pub use super::client::{FixedHeaders, HttpClient, UpstreamRequest, UpstreamResponse, parse_uri};
+pub use super::client::{
+    FixedHeaders, HttpClient, Target, UpstreamRequest, UpstreamResponse, parse_uri,
+};
 
 use crate::config::{DeploymentConfig, Secret};
 use crate::core::error::{Error, ErrorKind};

@@ -6,7 +6,7 @@
 use futures_util::StreamExt;
 
 use super::http::{
-    FixedHeaders, Upstream, UpstreamRequest, finish_in_background, parse_uri, sse_events,
+    FixedHeaders, Target, Upstream, UpstreamRequest, finish_in_background, parse_uri, sse_events,
     stream_cut, upstream_error,
 };
 use super::{ChunkStream, ProviderApi, ProviderKind};
@@ -71,9 +71,9 @@ const AZURE_API_VERSION: &str = "2024-10-21";
 pub struct OpenAiProvider {
     up: Upstream,
     /// Parsed once: parsing (IDNA included) on every request shows in profiles.
-    chat_url: Result<http::Uri, String>,
-    embeddings_url: Result<http::Uri, String>,
-    images_url: Result<http::Uri, String>,
+    chat_url: Result<Target, String>,
+    embeddings_url: Result<Target, String>,
+    images_url: Result<Target, String>,
     /// Built once: key, organization.
     headers: Result<FixedHeaders, Error>,
     max_field: MaxTokensField,
@@ -123,7 +123,7 @@ impl OpenAiProvider {
         }
     }
 
-    fn post(&self, url: &Result<http::Uri, String>) -> Result<UpstreamRequest, Error> {
+    fn post(&self, url: &Result<Target, String>) -> Result<UpstreamRequest, Error> {
         UpstreamRequest::post(url, &self.headers)
     }
 }
