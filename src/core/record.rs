@@ -138,23 +138,21 @@ impl RequestRecord {
     pub(crate) fn finish_ok(&self, by: &ServedBy, usage: Option<&Usage>) {
         let u = usage.copied().unwrap_or_default();
         let latency = self.started.elapsed();
-        tracing::info!(
-            target: "ai_api::request",
-            request_id = %self.request_id,
-            door = self.door.as_str(),
-            model = %self.model,
-            model_group = %by.model_group(),
-            deployment = %by.deployment_id(),
-            status = 200u16,
-            latency_ms = latency.as_millis() as u64,
-            overhead_us = by.overhead().as_micros() as u64,
-            retries = by.attempted_retries,
-            fallbacks = by.attempted_fallbacks,
-            prompt_tokens = u.prompt_tokens,
-            completion_tokens = u.completion_tokens,
-            cost_usd = u.cost_usd,
-            "request served"
-        );
+        crate::telemetry::Served {
+            request_id: &self.request_id,
+            door: self.door.as_str(),
+            model: &self.model,
+            model_group: by.model_group(),
+            deployment: by.deployment_id(),
+            latency_ms: latency.as_millis() as u64,
+            overhead_us: by.overhead().as_micros() as u64,
+            retries: by.attempted_retries,
+            fallbacks: by.attempted_fallbacks,
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            cost_usd: u.cost_usd,
+        }
+        .log();
         let m = self.handles(by);
         m.requests_ok.inc();
         m.latency.observe(latency.as_secs_f64());
@@ -202,7 +200,7 @@ impl RequestRecord {
             None => (self.model.as_str(), ""),
         };
         tracing::info!(
-            target: "ai_api::request",
+            target: crate::telemetry::REQUEST_TARGET,
             request_id = %self.request_id,
             door = self.door.as_str(),
             model = %self.model,
