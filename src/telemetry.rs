@@ -9,6 +9,9 @@
 //! the gateway's CPU.) Should more than [`MAX_PENDING`] bytes wait, further lines are dropped
 //! and counted rather than blocking requests, and the count is logged. Dropping the
 //! [`LogGuard`] writes what is left.
+//!
+//! The one line every request writes ([`Served`]) is formatted here directly, byte for byte as
+//! the subscriber would, into the same buffer.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
