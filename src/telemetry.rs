@@ -349,6 +349,18 @@ impl Served<'_> {
         );
     }
 
+    /// The integer fields after `status`, in order.
+    fn counts(&self) -> [(&'static str, u64); 6] {
+        [
+            ("latency_ms", self.latency_ms),
+            ("overhead_us", self.overhead_us),
+            ("retries", u64::from(self.retries)),
+            ("fallbacks", u64::from(self.fallbacks)),
+            ("prompt_tokens", u64::from(self.prompt_tokens)),
+            ("completion_tokens", u64::from(self.completion_tokens)),
+        ]
+    }
+
     /// As the fmt subscriber with [`PlainFields`] writes it.
     fn write_text(&self, out: &mut String, at: Duration) -> std::fmt::Result {
         use std::fmt::Write as _;
@@ -375,15 +387,10 @@ impl Served<'_> {
         }
         out.push_str(" status=200");
         let mut digits = itoa::Buffer::new();
-        for (name, value) in [
-            (" latency_ms=", self.latency_ms),
-            (" overhead_us=", self.overhead_us),
-            (" retries=", u64::from(self.retries)),
-            (" fallbacks=", u64::from(self.fallbacks)),
-            (" prompt_tokens=", u64::from(self.prompt_tokens)),
-            (" completion_tokens=", u64::from(self.completion_tokens)),
-        ] {
+        for (name, value) in self.counts() {
+            out.push(' ');
             out.push_str(name);
+            out.push('=');
             out.push_str(digits.format(value));
         }
         write!(out, " cost_usd={:?}", self.cost_usd)?;
@@ -420,15 +427,10 @@ impl Served<'_> {
         }
         out.push_str(",\"status\":200");
         let mut digits = itoa::Buffer::new();
-        for (name, value) in [
-            (",\"latency_ms\":", self.latency_ms),
-            (",\"overhead_us\":", self.overhead_us),
-            (",\"retries\":", u64::from(self.retries)),
-            (",\"fallbacks\":", u64::from(self.fallbacks)),
-            (",\"prompt_tokens\":", u64::from(self.prompt_tokens)),
-            (",\"completion_tokens\":", u64::from(self.completion_tokens)),
-        ] {
+        for (name, value) in self.counts() {
+            out.push_str(",\"");
             out.push_str(name);
+            out.push_str("\":");
             out.push_str(digits.format(value));
         }
         out.push_str(",\"cost_usd\":");
