@@ -13,10 +13,7 @@ use serde_json::{Map, Value};
 // Chat requests
 // ------------------------------------------------------------------------------------------
 
-/// Read by a visitor of its own (below) rather than derived: serde's derive, for a struct with a
-/// `flatten`ed field, first copies the whole object into an intermediate tree and reads the
-/// fields from that, allocating for every array, object and escaped string of the request.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChatCompletionRequest {
     #[serde(default)]
     pub model: String,
@@ -57,88 +54,6 @@ pub struct ChatCompletionRequest {
     /// Everything else, passed through.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
-}
-
-impl<'de> Deserialize<'de> for ChatCompletionRequest {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_map(ChatRequestVisitor)
-    }
-}
-
-struct ChatRequestVisitor;
-
-/// A key, borrowed from the input where it has no escapes.
-struct Key<'de>(std::borrow::Cow<'de, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> serde::de::Visitor<'de> for KeyVisitor {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a field name")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(std::borrow::Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(std::borrow::Cow::Owned(v.to_string())))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
-                Ok(Key(std::borrow::Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(KeyVisitor)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for ChatRequestVisitor {
-    type Value = ChatCompletionRequest;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a chat completion request (a JSON object)")
-    }
-
-    /// Every field is optional (the core judges what is required); a key given twice takes
-    /// its last value, as JSON parsers commonly do; unknown keys are kept in `extra`.
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut r = ChatCompletionRequest::default();
-        macro_rules! fields {
-            ($key:expr, $($name:ident),* $(,)?) => {
-                match $key.0.as_ref() {
-                    $(stringify!($name) => r.$name = map.next_value()?,)*
-                    _ => {
-                        let value: Value = map.next_value()?;
-                        r.extra.insert($key.0.into_owned(), value);
-                    }
-                }
-            };
-        }
-        while let Some(key) = map.next_key::<Key<'de>>()? {
-            fields!(
-                key,
-                model,
-                messages,
-                temperature,
-                top_p,
-                max_tokens,
-                max_completion_tokens,
-                stop,
-                seed,
-                user,
-                tools,
-                tool_choice,
-                response_format,
-                n,
-                presence_penalty,
-                frequency_penalty,
-                parallel_tool_calls,
-                stream,
-                stream_options,
-            );
-        }
-        Ok(r)
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -559,60 +474,4 @@ pub struct ErrorDetail {
     pub kind: String,
     pub param: Option<String>,
     pub code: Option<String>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The request's own visitor reads what the derived one read: every known field, unknown
-    /// keys kept whole (escaped keys too), nulls as absent, the last of a repeated key.
-    #[test]
-    fn chat_requests_read_known_fields_and_keep_the_rest() {
-        let body = r#"{"model":"m","messages":[{"role":"user","content":"hi \"there\""}],
-            "temperature":0.5,"top_p":null,"max_tokens":9,"max_completion_tokens":10,
-            "stop":["a","b"],"seed":-3,"user":"u","n":2,"presence_penalty":0.1,
-            "frequency_penalty":0.2,"parallel_tool_calls":false,"stream":true,
-            "stream_options":{"include_usage":true},"response_format":{"type":"json_object"},
-            "tool_choice":"auto","tools":[{"type":"function","function":{"name":"f"}}],
-            "metadata":{"k":[1,{"x":null}]},"caf\u00e9":1,"seed":4}"#;
-        let r: ChatCompletionRequest = serde_json::from_str(body).unwrap();
-        assert_eq!(r.model, "m");
-        assert_eq!(r.messages.len(), 1);
-        assert_eq!(r.temperature, Some(0.5));
-        assert_eq!(r.top_p, None);
-        assert_eq!((r.max_tokens, r.max_completion_tokens), (Some(9), Some(10)));
-        assert!(matches!(r.stop, Some(Stop::Many(ref s)) if s == &["a", "b"]));
-        assert_eq!(r.seed, Some(4), "the last of a repeated key");
-        assert_eq!(r.user.as_deref(), Some("u"));
-        assert_eq!(r.n, Some(2));
-        assert_eq!(
-            (r.presence_penalty, r.frequency_penalty),
-            (Some(0.1), Some(0.2))
-        );
-        assert_eq!((r.parallel_tool_calls, r.stream), (Some(false), Some(true)));
-        assert_eq!(r.stream_options.and_then(|o| o.include_usage), Some(true));
-        assert!(r.response_format.is_some() && r.tool_choice.is_some());
-        assert_eq!(r.tools.map(|t| t.len()), Some(1));
-        assert_eq!(r.extra.len(), 2, "{:?}", r.extra);
-        assert_eq!(
-            r.extra["metadata"],
-            serde_json::json!({"k": [1, {"x": null}]})
-        );
-        assert_eq!(r.extra["café"], 1);
-
-        let empty: ChatCompletionRequest = serde_json::from_str("{}").unwrap();
-        assert!(empty.model.is_empty() && empty.messages.is_empty() && empty.extra.is_empty());
-        for bad in [
-            r#"[]"#,
-            r#"{"model":null}"#,
-            r#"{"messages":"hi"}"#,
-            r#"{"n":-1}"#,
-        ] {
-            assert!(
-                serde_json::from_str::<ChatCompletionRequest>(bad).is_err(),
-                "{bad}"
-            );
-        }
-    }
 }
