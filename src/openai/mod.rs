@@ -475,3 +475,59 @@ pub struct ErrorDetail {
     pub param: Option<String>,
     pub code: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every known field is read, unknown keys are kept whole (escaped keys too), nulls read
+    /// as absent.
+    #[test]
+    fn chat_requests_read_known_fields_and_keep_the_rest() {
+        let body = r#"{"model":"m","messages":[{"role":"user","content":"hi \"there\""}],
+            "temperature":0.5,"top_p":null,"max_tokens":9,"max_completion_tokens":10,
+            "stop":["a","b"],"seed":-3,"user":"u","n":2,"presence_penalty":0.1,
+            "frequency_penalty":0.2,"parallel_tool_calls":false,"stream":true,
+            "stream_options":{"include_usage":true},"response_format":{"type":"json_object"},
+            "tool_choice":"auto","tools":[{"type":"function","function":{"name":"f"}}],
+            "metadata":{"k":[1,{"x":null}]},"caf\u00e9":1}"#;
+        let r: ChatCompletionRequest = serde_json::from_str(body).unwrap();
+        assert_eq!(r.model, "m");
+        assert_eq!(r.messages.len(), 1);
+        assert_eq!(r.temperature, Some(0.5));
+        assert_eq!(r.top_p, None);
+        assert_eq!((r.max_tokens, r.max_completion_tokens), (Some(9), Some(10)));
+        assert!(matches!(r.stop, Some(Stop::Many(ref s)) if s == &["a", "b"]));
+        assert_eq!(r.seed, Some(-3));
+        assert_eq!(r.user.as_deref(), Some("u"));
+        assert_eq!(r.n, Some(2));
+        assert_eq!(
+            (r.presence_penalty, r.frequency_penalty),
+            (Some(0.1), Some(0.2))
+        );
+        assert_eq!((r.parallel_tool_calls, r.stream), (Some(false), Some(true)));
+        assert_eq!(r.stream_options.and_then(|o| o.include_usage), Some(true));
+        assert!(r.response_format.is_some() && r.tool_choice.is_some());
+        assert_eq!(r.tools.map(|t| t.len()), Some(1));
+        assert_eq!(r.extra.len(), 2, "{:?}", r.extra);
+        assert_eq!(
+            r.extra["metadata"],
+            serde_json::json!({"k": [1, {"x": null}]})
+        );
+        assert_eq!(r.extra["café"], 1);
+
+        let empty: ChatCompletionRequest = serde_json::from_str("{}").unwrap();
+        assert!(empty.model.is_empty() && empty.messages.is_empty() && empty.extra.is_empty());
+        for bad in [
+            r#"[]"#,
+            r#"{"model":null}"#,
+            r#"{"messages":"hi"}"#,
+            r#"{"n":-1}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<ChatCompletionRequest>(bad).is_err(),
+                "{bad}"
+            );
+        }
+    }
+}
