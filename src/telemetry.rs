@@ -178,6 +178,17 @@ fn plain(s: &str) -> bool {
         .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
 }
 
+/// A string as `{:?}` writes it, copied between quotes where it has nothing to escape.
+fn write_quoted(w: &mut impl std::fmt::Write, s: &str) -> std::fmt::Result {
+    if plain(s) {
+        w.write_char('"')?;
+        w.write_str(s)?;
+        w.write_char('"')
+    } else {
+        write!(w, "{s:?}")
+    }
+}
+
 impl Visit for PlainVisitor<'_> {
     fn record_u64(&mut self, field: &Field, value: u64) {
         self.field(field, |w| w.write_str(itoa::Buffer::new().format(value)));
@@ -192,15 +203,7 @@ impl Visit for PlainVisitor<'_> {
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.field(field, |w| {
-            if plain(value) {
-                w.write_char('"')?;
-                w.write_str(value)?;
-                w.write_char('"')
-            } else {
-                write!(w, "{value:?}")
-            }
-        });
+        self.field(field, |w| write_quoted(w, value));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
@@ -307,6 +310,22 @@ pub struct Served<'a> {
     pub cost_usd: f64,
 }
 
+/// serde_json's output appended to a line. It writes whole UTF-8 pieces (the text between
+/// escapes, escapes, digits), so each write is checked and copied as it comes.
+struct JsonInto<'a>(&'a mut String);
+
+impl Write for JsonInto<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let text = std::str::from_utf8(bytes).map_err(std::io::Error::other)?;
+        self.0.push_str(text);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl Served<'_> {
     pub fn log(&self) {
         if !tracing::enabled!(target: REQUEST_TARGET, tracing::Level::INFO) {
@@ -370,13 +389,7 @@ impl Served<'_> {
         out.push_str(": request served request_id=");
         out.push_str(self.request_id);
         out.push_str(" door=");
-        if plain(self.door) {
-            out.push('"');
-            out.push_str(self.door);
-            out.push('"');
-        } else {
-            write!(out, "{:?}", self.door)?;
-        }
+        write_quoted(out, self.door)?;
         for (name, value) in [
             (" model=", self.model),
             (" model_group=", self.model_group),
@@ -400,22 +413,14 @@ impl Served<'_> {
 
     /// As the fmt subscriber's JSON format (events flattened, no span) writes it.
     fn write_json(&self, out: &mut String, at: Duration) -> std::fmt::Result {
-        fn string(out: &mut String, s: &str) -> std::fmt::Result {
-            // What serde_json leaves as it is (it escapes only quotes, backslashes and
-            // control characters) is copied; anything else goes through serde_json.
-            if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-                out.push('"');
-                out.push_str(s);
-                out.push('"');
-            } else {
-                out.push_str(&serde_json::to_string(s).map_err(|_| std::fmt::Error)?);
-            }
-            Ok(())
+        // Strings and the cost as the subscriber writes them: by serde_json.
+        fn json(out: &mut String, value: &(impl serde::Serialize + ?Sized)) -> std::fmt::Result {
+            serde_json::to_writer(JsonInto(out), value).map_err(|_| std::fmt::Error)
         }
         out.push_str("{\"timestamp\":\"");
         write_utc_micros(&mut Writer::new(out), at)?;
         out.push_str("\",\"level\":\"INFO\",\"message\":\"request served\",\"request_id\":");
-        string(out, self.request_id)?;
+        json(out, self.request_id)?;
         for (name, value) in [
             (",\"door\":", self.door),
             (",\"model\":", self.model),
@@ -423,7 +428,7 @@ impl Served<'_> {
             (",\"deployment\":", self.deployment),
         ] {
             out.push_str(name);
-            string(out, value)?;
+            json(out, value)?;
         }
         out.push_str(",\"status\":200");
         let mut digits = itoa::Buffer::new();
@@ -434,7 +439,7 @@ impl Served<'_> {
             out.push_str(digits.format(value));
         }
         out.push_str(",\"cost_usd\":");
-        out.push_str(&serde_json::to_string(&self.cost_usd).map_err(|_| std::fmt::Error)?);
+        json(out, &self.cost_usd)?;
         out.push_str(",\"target\":\"");
         out.push_str(REQUEST_TARGET);
         out.push_str("\"}\n");
