@@ -171,13 +171,7 @@ impl Plain {
             mut headers,
         } = call;
         let target = &target.0;
-        // `parse_uri` only lets absolute URLs through.
-        let Some(authority) = target.uri.authority().cloned() else {
-            return Err(Error::new(
-                ErrorKind::Config,
-                "the provider URL has no host",
-            ));
-        };
+        let authority = target.authority.clone();
         headers.insert(HOST, target.host.clone());
         let mut req = Request::new(Full::new(Bytes::from(body)));
         *req.method_mut() = Method::POST;
@@ -419,6 +413,8 @@ pub struct Target(Arc<TargetParts>);
 #[derive(Debug)]
 struct TargetParts {
     uri: Uri,
+    /// What idle connections are kept by.
+    authority: Authority,
     host: HeaderValue,
     origin: Uri,
 }
@@ -436,14 +432,20 @@ pub fn parse_uri(url: String) -> Result<Target, String> {
         Ok(_) => return Err(format!("{url}: not an absolute http(s) URL")),
         Err(e) => return Err(format!("{url}: {e}")),
     };
-    let host = uri
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        .ok_or_else(|| format!("{url}: its host is not a valid Host header"))?;
+    let Some(authority) = uri.authority().cloned() else {
+        return Err(format!("{url}: not an absolute http(s) URL"));
+    };
+    let host = HeaderValue::from_str(authority.as_str())
+        .map_err(|_| format!("{url}: its host is not a valid Host header"))?;
     let origin = uri
         .path_and_query()
         .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
-    Ok(Target(Arc::new(TargetParts { uri, host, origin })))
+    Ok(Target(Arc::new(TargetParts {
+        uri,
+        authority,
+        host,
+        origin,
+    })))
 }
 
 /// An error and its causes, as one line.
@@ -504,6 +506,7 @@ mod tests {
     fn a_parsed_url_keeps_its_host_header_and_request_target_ready() {
         let t = parse_uri("http://127.0.0.1:9/x?alt=sse".into()).unwrap();
         assert_eq!(t.0.host, "127.0.0.1:9");
+        assert_eq!(t.0.authority, "127.0.0.1:9");
         assert_eq!(t.0.origin, "/x?alt=sse");
         assert_eq!(t.to_string(), "http://127.0.0.1:9/x?alt=sse");
         let t = parse_uri("http://ollama.internal".into()).unwrap();
