@@ -19,11 +19,12 @@ use crate::openai::{
 /// The request's context: its id (set by the request-id layer) and the key it presents
 /// (`Authorization: Bearer <key>` or `x-api-key: <key>`).
 pub(crate) fn context(headers: &HeaderMap) -> RequestContext {
+    // The id is echoed as the client sent it; the log and the spend record get its text, with
+    // any byte that is not UTF-8 replaced (`to_str` would refuse non-ASCII ids outright).
     let request_id = headers
         .get(X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -260,4 +261,22 @@ pub async fn method_not_allowed() -> Response {
     let mut resp = HttpError(e).into_response();
     *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_request_id_reaches_the_record_even_when_not_ascii() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            X_REQUEST_ID,
+            HeaderValue::from_bytes("t\tab\"q é".as_bytes()).unwrap(),
+        );
+        assert_eq!(context(&h).request_id, "t\tab\"q é");
+        h.insert(X_REQUEST_ID, HeaderValue::from_bytes(b"id-\xe9").unwrap());
+        assert_eq!(context(&h).request_id, "id-\u{fffd}");
+        assert_eq!(context(&HeaderMap::new()).request_id, "");
+    }
 }
