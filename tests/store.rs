@@ -806,7 +806,9 @@ async fn budget_windows_and_spend_since() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
-async fn same_request_id_counts_once() {
+async fn a_repeated_request_id_is_another_request() {
+    // Clients send their own x-request-id, and may send the same one again: each request was
+    // served and costs money, so each is a ledger row and each counts in the totals.
     each_backend(|db| async move {
         let store = &db.store;
         let t = day("2024-05-01") + mins(600);
@@ -828,14 +830,14 @@ async fn same_request_id_counts_once() {
             }
         );
         // Again in another batch, and twice within a batch.
-        let dup = SpendRecord {
-            cost_usd: 99.0,
+        let again = SpendRecord {
+            cost_usd: 2.0,
             ..r1.clone()
         };
         let out = store
             .write_spend_batch(
                 Uuid::new_v4(),
-                &[dup, r2.clone(), r2.clone()],
+                &[again.clone(), r2.clone(), r2.clone()],
                 SpendLogOptions::default(),
             )
             .await
@@ -843,18 +845,89 @@ async fn same_request_id_counts_once() {
         assert_eq!(
             out,
             BatchOutcome::Written {
-                ledger_rows: 1,
-                counted: 1
+                ledger_rows: 3,
+                counted: 3
             }
         );
         let logs = all_logs(store).await;
-        assert_eq!(logs.len(), 2);
-        let first = logs.iter().find(|l| l.request_id == "req-1").unwrap();
-        assert_eq!(first, &r1, "the ledger keeps the first record as written");
-        assert_eq!(store.key_total_spend("k1").await.unwrap(), 2.0);
-        assert_eq!(grand_totals(store).await, (nanos(2.0), 20, 10, 2));
+        assert_eq!(logs.len(), 4);
+        let mut req1: Vec<_> = logs.iter().filter(|l| l.request_id == "req-1").collect();
+        req1.sort_by(|a, b| a.cost_usd.total_cmp(&b.cost_usd));
+        assert_eq!(
+            req1,
+            [&r1, &again],
+            "both requests are in the ledger as sent"
+        );
+        assert_eq!(store.key_total_spend("k1").await.unwrap(), 4.5);
+        assert_eq!(grand_totals(store).await, (nanos(4.5), 40, 20, 4));
+
+        // With the ledger off, the totals count every record all the same.
+        let out = store
+            .write_spend_batch(
+                Uuid::new_v4(),
+                &[r2.clone(), r2.clone()],
+                SpendLogOptions {
+                    disable_spend_logs: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            BatchOutcome::Written {
+                ledger_rows: 0,
+                counted: 2
+            }
+        );
+        assert_eq!(store.key_total_spend("k1").await.unwrap(), 5.5);
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_ledger_from_the_first_schema_is_kept_and_takes_repeated_ids() {
+    // A database written by a build with the first schema (request_id the ledger's primary
+    // key), opened by this one: its rows stay, and a second row with the same id now fits.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(ai_api::store::SQLITE_FILE_NAME);
+    let mut conn = SqliteConnection::connect_with(
+        &SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true),
+    )
+    .await
+    .unwrap();
+    sqlx::raw_sql(include_str!("../migrations/0001_keys_and_spend.sql"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO spend_logs (request_id, request_time, key_hash, key_alias, model_group, \
+         deployment_id, provider_model, prompt_tokens, completion_tokens, cost_nanos, \
+         latency_ms, status, error_kind, request_body, response_body) VALUES \
+         ('old-1', 1714521600000, 'k1', 'alias-k1', 'm', 'm-dep', 'provider/m', 10, 5, \
+          1500000000, 42, 200, NULL, NULL, NULL)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+
+    let store = Store::open_with(None, dir.path(), &test_options())
+        .await
+        .unwrap();
+    let old = rec("old-1", Some("k1"), "m", day("2024-05-01"), 1.5);
+    assert_eq!(all_logs(&store).await, std::slice::from_ref(&old));
+    store
+        .write_spend_batch(
+            Uuid::new_v4(),
+            std::slice::from_ref(&old),
+            SpendLogOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(all_logs(&store).await, [old.clone(), old]);
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@
 //! | table | one row per | notes |
 //! | --- | --- | --- |
 //! | `api_keys` | key | `token_hash` = SHA-256 hex of the plain key, which is never stored |
-//! | `spend_logs` | request | append-only ledger, primary key `request_id` |
+//! | `spend_logs` | request | append-only ledger; `request_id` indexed, not unique (clients reuse ids) |
 //! | `spend_totals` | (key, minute, model group) | pre-aggregated sums, upserted once per batch |
 //! | `spend_batches` | written batch | batch id (UUID) → a retried batch is skipped |
 //!

@@ -3,7 +3,7 @@
 //! feeds both.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use sqlx::QueryBuilder;
@@ -18,15 +18,20 @@ const NANOS_PER_USD: f64 = 1e9;
 /// Minutes per day (totals buckets are minutes).
 const MINUTES_PER_DAY: i64 = DAY_MS / MINUTE_MS;
 
-/// Ledger rows per INSERT statement (15 parameters each).
-const LEDGER_CHUNK: usize = 500;
+/// Ledger rows per INSERT statement (15 parameters each). A batch goes in chunks of this many
+/// and the rest in chunks of descending powers of two ([`ledger_chunks`]), so the statements
+/// come in a few fixed shapes that the connection keeps prepared: a statement for every batch
+/// size would be parsed anew for each batch, and fill the statement cache.
+const LEDGER_CHUNK: usize = 64;
+const _: () = assert!(LEDGER_CHUNK.is_power_of_two());
 /// Totals rows per upsert statement (7 parameters each).
 const TOTALS_CHUNK: usize = 1000;
 
 /// One request's spend, as the core reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpendRecord {
-    /// Unique per request; the ledger's key (a second record with the same id is ignored).
+    /// The request's id: the client's `x-request-id`, else one the gateway made (UUIDv7). Not
+    /// a key: a client may send the same id twice, and both requests are logged and counted.
     pub request_id: String,
     /// When the request was received (UTC).
     pub time: SystemTime,
@@ -77,10 +82,9 @@ impl SpendLogOptions {
 pub enum BatchOutcome {
     /// The batch was committed now.
     Written {
-        /// New ledger rows.
+        /// New ledger rows (the records the options keep).
         ledger_rows: u64,
-        /// Records added to the totals (records whose request id was already in the ledger,
-        /// or repeated within the batch, are not).
+        /// Records added to the totals: all of them.
         counted: u64,
     },
     /// A batch with this id was committed before: nothing was written.
@@ -181,6 +185,18 @@ fn add_to_totals<'a>(totals: &mut Totals<'a>, r: &'a SpendRecord) {
     s.requests += 1;
 }
 
+/// The sizes a ledger of `n` rows is inserted in: [`LEDGER_CHUNK`]s, then the rest in
+/// descending powers of two (its binary digits), so at most 7 statement shapes in all.
+fn ledger_chunks(n: usize) -> impl Iterator<Item = usize> {
+    let full = std::iter::repeat_n(LEDGER_CHUNK, n / LEDGER_CHUNK);
+    let rest = n % LEDGER_CHUNK;
+    let bits = (0..LEDGER_CHUNK.trailing_zeros())
+        .rev()
+        .map(|b| 1 << b)
+        .filter(move |size| rest & size != 0);
+    full.chain(bits)
+}
+
 const LOG_COLUMNS: &str = "request_id, request_time, key_hash, key_alias, model_group, \
      deployment_id, provider_model, prompt_tokens, completion_tokens, cost_nanos, latency_ms, \
      status, error_kind, request_body, response_body";
@@ -210,26 +226,24 @@ impl Store {
     ///
     /// 1. records `batch_id` in `spend_batches`; if it is already there (a retry after a commit
     ///    whose outcome was unknown) nothing else is written: [`BatchOutcome::AlreadyWritten`];
-    /// 2. inserts the ledger rows the options keep, `ON CONFLICT (request_id) DO NOTHING`;
-    /// 3. upserts the totals, pre-aggregated per (key, minute, model group), from the records
-    ///    that are new: a record whose ledger row already existed, or whose request id
-    ///    repeats within the batch, is not counted again.
+    /// 2. inserts the ledger rows the options keep;
+    /// 3. upserts the totals of all the records, pre-aggregated per (key, minute, model group).
     ///
-    /// Records the ledger does not keep (options) are deduplicated within the batch only.
+    /// Every record is a request served: two with the same request id are two requests (a
+    /// client may reuse its `x-request-id`), both logged and both counted.
     pub async fn write_spend_batch(
         &self,
         batch_id: Uuid,
         records: &[SpendRecord],
         options: SpendLogOptions,
     ) -> Result<BatchOutcome, StoreError> {
-        // First occurrence of each request id within the batch.
-        let mut seen = HashSet::with_capacity(records.len());
-        let unique: Vec<&SpendRecord> = records
-            .iter()
-            .filter(|r| seen.insert(r.request_id.as_str()))
-            .collect();
-        let (ledger, unlogged): (Vec<&SpendRecord>, Vec<&SpendRecord>) =
-            unique.into_iter().partition(|r| options.ledger_keeps(r));
+        let ledger: Vec<&SpendRecord> =
+            records.iter().filter(|r| options.ledger_keeps(r)).collect();
+        let mut totals = Totals::new();
+        for r in records {
+            add_to_totals(&mut totals, r);
+        }
+        let totals: Vec<_> = totals.into_iter().collect();
         let now = to_unix_ms(SystemTime::now());
 
         with_pool!(self, |p| {
@@ -249,8 +263,10 @@ impl Store {
                 return Ok(BatchOutcome::AlreadyWritten);
             }
 
-            let mut inserted: HashSet<String> = HashSet::with_capacity(ledger.len());
-            for chunk in ledger.chunks(LEDGER_CHUNK) {
+            let mut rest = ledger.as_slice();
+            for size in ledger_chunks(ledger.len()) {
+                let (chunk, more) = rest.split_at(size);
+                rest = more;
                 let mut q =
                     QueryBuilder::<Db>::new(format!("INSERT INTO spend_logs ({LOG_COLUMNS}) "));
                 q.push_values(chunk, |mut b, r| {
@@ -270,25 +286,9 @@ impl Store {
                         .push_bind(clean_opt(&r.request_body))
                         .push_bind(clean_opt(&r.response_body));
                 });
-                q.push(" ON CONFLICT (request_id) DO NOTHING RETURNING request_id");
-                for row in q.build().fetch_all(&mut *tx).await? {
-                    inserted.insert(row.text("request_id")?);
-                }
+                q.build().execute(&mut *tx).await?;
             }
 
-            let mut totals = Totals::new();
-            let mut counted = 0u64;
-            for r in &ledger {
-                if inserted.contains(clean(&r.request_id).as_ref()) {
-                    add_to_totals(&mut totals, r);
-                    counted += 1;
-                }
-            }
-            for r in &unlogged {
-                add_to_totals(&mut totals, r);
-                counted += 1;
-            }
-            let totals: Vec<_> = totals.into_iter().collect();
             for chunk in totals.chunks(TOTALS_CHUNK) {
                 let mut q = QueryBuilder::<Db>::new(
                     "INSERT INTO spend_totals (key_hash, bucket, model_group, cost_nanos, \
@@ -314,8 +314,8 @@ impl Store {
             }
             tx.commit().await?;
             Ok(BatchOutcome::Written {
-                ledger_rows: inserted.len() as u64,
-                counted,
+                ledger_rows: ledger.len() as u64,
+                counted: records.len() as u64,
             })
         })
     }
@@ -461,6 +461,21 @@ fn ceil_div(a: i64, b: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ledger_goes_in_few_statement_shapes() {
+        let mut shapes = std::collections::BTreeSet::new();
+        for n in 0..=1000 {
+            let sizes: Vec<usize> = ledger_chunks(n).collect();
+            assert_eq!(sizes.iter().sum::<usize>(), n, "{n}: {sizes:?}");
+            assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "{n}: {sizes:?}");
+            shapes.extend(sizes);
+        }
+        assert_eq!(
+            shapes.into_iter().collect::<Vec<_>>(),
+            [1, 2, 4, 8, 16, 32, 64]
+        );
+    }
 
     #[test]
     fn money_is_exact_nanos() {
