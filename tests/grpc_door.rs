@@ -79,7 +79,17 @@ async fn chat_answers_with_usage_and_cost() {
         .chat(authed(chat_request("gpt-4o-mini")))
         .await
         .unwrap();
-    assert!(resp.metadata().get("x-request-id").is_some());
+    let id = resp
+        .metadata()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert_eq!(
+        uuid::Uuid::try_parse(id).map(|u| u.get_version_num()),
+        Ok(7),
+        "a new UUIDv7: {id}"
+    );
     assert_eq!(
         resp.metadata().get("x-litellm-model-group").unwrap(),
         "gpt-4o-mini"

@@ -664,7 +664,11 @@ async fn the_direct_chat_route_keeps_the_routers_edges() {
         .to_str()
         .unwrap()
         .to_string();
-    assert_eq!(id.len(), 36, "a UUID: {id}");
+    assert_eq!(
+        uuid::Uuid::try_parse(&id).map(|u| u.get_version_num()),
+        Ok(7),
+        "a new UUIDv7: {id}"
+    );
     let b: Value = bad_key.json().await.unwrap();
     assert!(b["error"]["message"].is_string());
 
@@ -703,5 +707,10 @@ async fn every_route_answers_with_a_request_id() {
     assert_eq!(models.headers()["x-request-id"], "mine-7");
     let unknown = client().get(gw.url("/nowhere")).send().await.unwrap();
     assert_eq!(unknown.status(), 404);
-    assert_eq!(unknown.headers()["x-request-id"].len(), 36);
+    let id = unknown.headers()["x-request-id"].to_str().unwrap();
+    assert_eq!(
+        uuid::Uuid::try_parse(id).map(|u| u.get_version_num()),
+        Ok(7),
+        "a new UUIDv7: {id}"
+    );
 }

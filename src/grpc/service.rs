@@ -63,7 +63,7 @@ pub(crate) fn context(md: &MetadataMap) -> RequestContext {
     let request_id = text("x-request-id")
         .filter(|s| !s.is_empty())
         .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        .unwrap_or_else(|| crate::core::new_request_id().to_string());
     let key = text("authorization")
         .map(|v| {
             v.strip_prefix("Bearer ")

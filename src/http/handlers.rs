@@ -118,7 +118,9 @@ pub(crate) async fn chat_direct(
         Some(v) => v.clone(),
         None => {
             let mut buf = uuid::Uuid::encode_buffer();
-            let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+            let text = crate::core::new_request_id()
+                .hyphenated()
+                .encode_lower(&mut buf);
             ctx.request_id = text.to_string();
             HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static(""))
         }

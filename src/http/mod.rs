@@ -14,11 +14,14 @@ use std::task::{Context, Poll};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::HeaderValue;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::serve::{IncomingStream, Listener};
 use futures_util::future::{BoxFuture, Either};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 
 use crate::core::Gateway;
 
@@ -81,7 +84,21 @@ pub fn router(gateway: Gateway, opts: &HttpOptions) -> Router {
         .method_not_allowed_fallback(h::method_not_allowed)
         .layer(DefaultBodyLimit::max(opts.max_body_bytes))
         .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(SetRequestIdLayer::x_request_id(NewRequestId))
+}
+
+/// Request ids for requests that come without one: [`crate::core::new_request_id`].
+#[derive(Debug, Clone, Copy)]
+struct NewRequestId;
+
+impl MakeRequestId for NewRequestId {
+    fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<RequestId> {
+        let mut buf = uuid::Uuid::encode_buffer();
+        let text = crate::core::new_request_id()
+            .hyphenated()
+            .encode_lower(&mut buf);
+        HeaderValue::from_str(text).ok().map(RequestId::new)
+    }
 }
 
 /// The HTTP door as served: `POST` to the chat-completions paths goes straight to its handler
