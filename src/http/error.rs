@@ -107,7 +107,7 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
 /// The slow path of [`parse_json`]: parses again, tracking the path, for the error message.
 fn parse_json_explained<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
@@ -121,5 +121,61 @@ fn parse_json_explained<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
         } else {
             err
         }
-    })
+    })?;
+    // Text after the object (`{...} xyz`) is not JSON either.
+    de.end().map_err(|e| {
+        Error::bad_request(format!("the request body is not valid JSON: {e}"))
+            .with_code("invalid_json")
+    })?;
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_json;
+    use crate::openai::ChatCompletionRequest;
+
+    /// What `parse_json` takes, on its fast path or its explaining one, is exactly what
+    /// serde_json takes, read the same.
+    #[test]
+    fn a_body_parses_as_serde_json_would_parse_it() {
+        let head = r#"{"model":"m","messages":[{"role":"user","content":"#;
+        let bodies = [
+            format!(r#"{head}"a"}}]}}"#),
+            format!(r#"{head}"a"}}]}}   "#),
+            format!(r#"{head}"a"}}]}} xyz"#),
+            format!(r#"{head}"a"}}],}}"#),
+            format!("{head}\"a\\tb \u{e9} \\u00e9\\ud83d\\ude00 \\\" \\\\ \\/\"}}]}}"),
+            format!("{head}\"a\tb\"}}]}}"),
+            format!(r#"{head}"\ud800"}}]}}"#),
+            format!(r#"{head}"\x"}}]}}"#),
+            format!(r#"{head}"a"}}],"temperature":1e400}}"#),
+            format!(r#"{head}"a"}}],"temperature":NaN}}"#),
+            format!(r#"{head}"a"}}],"temperature":0.30000000000000004}}"#),
+            format!(r#"{head}"a"}}],"n":01}}"#),
+            format!(r#"{head}"a"}}],"max_tokens":1.0}}"#),
+            format!(r#"{head}"a"}}],"max_tokens":99999999999}}"#),
+            format!(
+                r#"{head}"a"}}],"x":{{"big":123456789012345678901234567890,"neg":-0,"e":1E-7}}}}"#
+            ),
+            format!(r#"{head}"a"}}],"model":"again"}}"#),
+            format!(r#"{head}[{{"type":"text","text":"hi"}}]}}],"stop":"x","tools":[]}}"#),
+            r#"{"model":"m","messages":"no"}"#.to_string(),
+            "[]".to_string(),
+            "{".to_string(),
+        ];
+        for body in &bodies {
+            let ours = parse_json::<ChatCompletionRequest>(body.as_bytes());
+            let theirs = serde_json::from_str::<ChatCompletionRequest>(body);
+            match (ours, theirs) {
+                (Ok(a), Ok(b)) => assert_eq!(
+                    serde_json::to_value(a).unwrap(),
+                    serde_json::to_value(b).unwrap(),
+                    "{body}"
+                ),
+                (Err(_), Err(_)) => {}
+                (a, b) => panic!("{body}: ours {:?}, serde_json {:?}", a.is_ok(), b.is_ok()),
+            }
+        }
+    }
 }
