@@ -97,11 +97,8 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     }
     // Tracking the path costs on every field; it is only needed to explain a failure, so a
     // body that parses is parsed once, without it.
-    // UTF-8 checked once for the whole body rather than string by string (`from_slice`), and
-    // read by sonic-rs, whose SIMD scan of string contents costs a fraction of serde_json's
-    // byte-at-a-time one on chat history. Anything it refuses is read again by serde_json,
-    // which decides (and explains) as before.
-    match std::str::from_utf8(body).map(sonic_rs::from_str) {
+    // UTF-8 checked once for the whole body rather than string by string (`from_slice`).
+    match std::str::from_utf8(body).map(serde_json::from_str) {
         Ok(Ok(v)) => Ok(v),
         _ => parse_json_explained(body),
     }

@@ -84,7 +84,7 @@ fn served_json(
     body: &impl serde::Serialize,
 ) -> Result<Response, HttpError> {
     let mut buf = Vec::with_capacity(1024);
-    sonic_rs::to_writer(&mut buf, body)
+    serde_json::to_writer(&mut buf, body)
         .map_err(|e| Error::internal(format!("cannot encode the answer: {e}")))?;
     Ok(served_response(
         by,

@@ -13,10 +13,10 @@ use crate::core::error::Error;
 use crate::openai::{ChatCompletionChunk, ErrorBody};
 
 /// `data: <json>` and a blank line, serialized straight into the event's buffer.
-fn event(value: &impl serde::Serialize) -> Result<Bytes, sonic_rs::Error> {
+fn event(value: &impl serde::Serialize) -> Result<Bytes, serde_json::Error> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"data: ");
-    sonic_rs::to_writer(&mut out, value)?;
+    serde_json::to_writer(&mut out, value)?;
     out.extend_from_slice(b"\n\n");
     Ok(Bytes::from(out))
 }

@@ -54,7 +54,7 @@ impl Upstream {
         call: UpstreamRequest,
         body: &impl serde::Serialize,
     ) -> Result<UpstreamResponse, Error> {
-        let bytes = sonic_rs::to_vec(body)
+        let bytes = serde_json::to_vec(body)
             .map_err(|e| Error::internal(format!("cannot encode the provider request: {e}")))?;
         if self.log_raw {
             tracing::info!(
@@ -120,14 +120,10 @@ pub fn decode_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
             "the provider answered something that is not UTF-8 JSON: {e}"
         ))
     })?;
-    // sonic-rs reads it (see `http::error::parse_json`); what it refuses, serde_json reads
-    // again and explains.
-    sonic_rs::from_str(text).or_else(|_| {
-        serde_json::from_str(text).map_err(|e| {
-            Error::bad_gateway(format!(
-                "the provider answered something that is not the expected JSON: {e}"
-            ))
-        })
+    serde_json::from_str(text).map_err(|e| {
+        Error::bad_gateway(format!(
+            "the provider answered something that is not the expected JSON: {e}"
+        ))
     })
 }
 
