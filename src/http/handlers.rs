@@ -117,12 +117,9 @@ pub(crate) async fn chat_direct(
     let id = match parts.headers.get(X_REQUEST_ID) {
         Some(v) => v.clone(),
         None => {
-            let mut buf = uuid::Uuid::encode_buffer();
-            let text = crate::core::new_request_id()
-                .hyphenated()
-                .encode_lower(&mut buf);
-            ctx.request_id = text.to_string();
-            HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static(""))
+            let id = super::new_request_id_header();
+            ctx.request_id = id.to_str().unwrap_or_default().to_string();
+            id
         }
     };
     let answer = match super::error::read_body(body, limit).await {

@@ -87,17 +87,23 @@ pub fn router(gateway: Gateway, opts: &HttpOptions) -> Router {
         .layer(SetRequestIdLayer::x_request_id(NewRequestId))
 }
 
-/// Request ids for requests that come without one: [`crate::core::new_request_id`].
+/// A new request id ([`crate::core::new_request_id`]) as the header value both HTTP paths
+/// (the router's layer and the direct chat route) answer with.
+pub(crate) fn new_request_id_header() -> HeaderValue {
+    let mut buf = uuid::Uuid::encode_buffer();
+    let text = crate::core::new_request_id()
+        .hyphenated()
+        .encode_lower(&mut buf);
+    HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// Request ids for requests that come without one, on the router's routes.
 #[derive(Debug, Clone, Copy)]
 struct NewRequestId;
 
 impl MakeRequestId for NewRequestId {
     fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<RequestId> {
-        let mut buf = uuid::Uuid::encode_buffer();
-        let text = crate::core::new_request_id()
-            .hyphenated()
-            .encode_lower(&mut buf);
-        HeaderValue::from_str(text).ok().map(RequestId::new)
+        Some(RequestId::new(new_request_id_header()))
     }
 }
 
