@@ -84,7 +84,13 @@ impl RequestRecord {
     }
 
     /// Hands the spend record to the writer (never blocks, never fails the request).
-    fn spend(&self, by: Option<&ServedBy>, usage: &Usage, status: u16, error: Option<&Error>) {
+    fn spend(
+        &self,
+        by: Option<&ServedBy>,
+        usage: &Usage,
+        (status, latency): (u16, std::time::Duration),
+        error: Option<&Error>,
+    ) {
         let Some(writer) = &self.gateway.inner.spend else {
             return;
         };
@@ -104,7 +110,7 @@ impl RequestRecord {
             prompt_tokens: u64::from(usage.prompt_tokens),
             completion_tokens: u64::from(usage.completion_tokens),
             cost_usd: usage.cost_usd,
-            latency_ms: self.started.elapsed().as_millis() as u64,
+            latency_ms: latency.as_millis() as u64,
             status,
             error_kind: error.map(|e| e.kind.openai_type().to_string()),
             request_body: self.request_body.clone(),
@@ -138,6 +144,7 @@ impl RequestRecord {
     pub(crate) fn finish_ok(&self, by: &ServedBy, usage: Option<&Usage>) {
         let u = usage.copied().unwrap_or_default();
         let latency = self.started.elapsed();
+        let overhead = by.overhead_at(latency);
         crate::telemetry::Served {
             request_id: &self.request_id,
             door: self.door.as_str(),
@@ -145,7 +152,7 @@ impl RequestRecord {
             model_group: by.model_group(),
             deployment: by.deployment_id(),
             latency_ms: latency.as_millis() as u64,
-            overhead_us: by.overhead().as_micros() as u64,
+            overhead_us: overhead.as_micros() as u64,
             retries: by.attempted_retries,
             fallbacks: by.attempted_fallbacks,
             prompt_tokens: u.prompt_tokens,
@@ -156,7 +163,7 @@ impl RequestRecord {
         let m = self.handles(by);
         m.requests_ok.inc();
         m.latency.observe(latency.as_secs_f64());
-        m.overhead.observe(by.overhead().as_secs_f64());
+        m.overhead.observe(overhead.as_secs_f64());
         if by.attempted_retries > 0 {
             m.retries.inc_by(u64::from(by.attempted_retries));
         }
@@ -186,7 +193,7 @@ impl RequestRecord {
                 m.cost_master.inc_by(u.cost_usd);
             }
         }
-        self.spend(Some(by), &u, 200, None);
+        self.spend(Some(by), &u, (200, latency), None);
     }
 
     pub(crate) fn finish_err(&self, e: &Error) {
@@ -195,6 +202,7 @@ impl RequestRecord {
 
     pub(crate) fn finish_err_at(&self, e: &Error, by: Option<&ServedBy>) {
         let status = e.http_status().as_u16();
+        let latency = self.started.elapsed();
         let (group, deployment) = match by {
             Some(b) => (b.model_group(), b.deployment_id()),
             None => (self.model.as_str(), ""),
@@ -206,7 +214,7 @@ impl RequestRecord {
             model = %self.model,
             deployment,
             status,
-            latency_ms = self.started.elapsed().as_millis() as u64,
+            latency_ms = latency.as_millis() as u64,
             error = %e.message,
             "request failed"
         );
@@ -237,7 +245,7 @@ impl RequestRecord {
         // there is nothing to charge and nothing a provider saw.
         if self.admission.is_some() {
             let usage = by.map(|_| Usage::default()).unwrap_or_default();
-            self.spend(by, &usage, status, Some(e));
+            self.spend(by, &usage, (status, latency), Some(e));
         }
     }
 }
