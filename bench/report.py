@@ -21,11 +21,17 @@ NAMES = {"direct": "direct (fake upstream)", "nginx": "nginx proxy",
          "ai-grpc": "ai-api gRPC", "litellm": "LiteLLM proxy"}
 
 
+def rounds_of(results: dict, scenario: str, target: str, c: int) -> list[dict]:
+    return [r for r in results.get("runs", [])
+            if r["scenario"] == scenario and r["target"] == target and r["concurrency"] == c]
+
+
 def find(results: dict, scenario: str, target: str, c: int) -> dict | None:
-    for r in results.get("runs", []):
-        if r["scenario"] == scenario and r["target"] == target and r["concurrency"] == c:
-            return r
-    return None
+    """The run of `target`, or with several interleaved rounds (`--rounds`) its median round
+    by req/s (the lower middle one for an even count), so one slow or fast spell of the
+    machine does not decide a comparison."""
+    runs = sorted(rounds_of(results, scenario, target, c), key=lambda r: r.get("rps") or 0.0)
+    return runs[(len(runs) - 1) // 2] if runs else None
 
 
 def pick_c(results: dict, scenario: str, targets: list[str], preferred: int) -> int | None:
@@ -70,8 +76,16 @@ def evaluate(results: dict) -> list[dict]:
         t, b = find(results, "chat", top, c), find(results, "chat", bottom, c)
         if t and b and b.get("rps"):
             x = t["rps"] / b["rps"]
+            # each round's own ratio (runs of one round ran back to back)
+            rb = {r.get("round"): r for r in rounds_of(results, "chat", bottom, c)}
+            per = [r["rps"] / rb[r.get("round")]["rps"]
+                   for r in sorted(rounds_of(results, "chat", top, c),
+                                   key=lambda r: r.get("round") or 0)
+                   if rb.get(r.get("round"), {}).get("rps")]
+            detail = (f"; rounds {', '.join(f'{p:{x_fmt}}x' for p in per)}"
+                      if len(per) > 1 else "")
             add(f"{label} (c={c})", goal, f"{x:{x_fmt}}x ({t['rps']:.0f} vs "
-                f"{b['rps']:{bottom_fmt}} req/s)", x >= minimum, valid(t, b))
+                f"{b['rps']:{bottom_fmt}} req/s{detail})", x >= minimum, valid(t, b))
         else:
             add(f"{label} (c=64)", goal, "not measured", None, False)
 
@@ -317,7 +331,12 @@ def render(results: dict, json_path: Path, png_name: str | None) -> str:
     lines += ["### Targets", "", targets_table(results["targets"]), ""]
     if png_name:
         lines += [f"![latency and throughput vs concurrency]({png_name})", ""]
-    lines += ["### Plain chat completions", "", chat_table(results), ""]
+    lines += ["### Plain chat completions", ""]
+    if (s.get("rounds") or 1) > 1:
+        lines += [f"Each target ran {s['rounds']} times per concurrency, in interleaved rounds "
+                  "(LiteLLM in the first only); the table and the targets take each target's "
+                  "median round by req/s, and every round is in the raw data.", ""]
+    lines += [chat_table(results), ""]
     if concurrencies(results, "stream"):
         lines += ["### Streams, chunks sent back to back", "", stream_table(results, "stream"), ""]
     if concurrencies(results, "paced"):
@@ -339,9 +358,8 @@ def plot(results: dict, png: Path) -> bool:
     colors = {"direct": "#555555", "nginx": "#2ca02c", "floor": "#8c564b", "ai-http": "#1f77b4",
               "ai-grpc": "#9467bd", "litellm": "#d62728"}
     for t in TARGETS:
-        pts = [(r["concurrency"], r) for r in results["runs"]
-               if r["scenario"] == "chat" and r["target"] == t and r.get("latency_ms")]
-        pts.sort(key=lambda x: x[0])
+        pts = [(c, find(results, "chat", t, c)) for c in concurrencies(results, "chat")]
+        pts = [(c, r) for c, r in pts if r and r.get("latency_ms")]
         if pts:
             cs = [c for c, _ in pts]
             axes[0].plot(cs, [r["latency_ms"]["p50"] for _, r in pts], "-o", color=colors[t],
