@@ -88,7 +88,8 @@ impl RequestRecord {
         &self,
         by: Option<&ServedBy>,
         usage: &Usage,
-        (status, latency): (u16, std::time::Duration),
+        status: u16,
+        latency: std::time::Duration,
         error: Option<&Error>,
     ) {
         let Some(writer) = &self.gateway.inner.spend else {
@@ -193,7 +194,7 @@ impl RequestRecord {
                 m.cost_master.inc_by(u.cost_usd);
             }
         }
-        self.spend(Some(by), &u, (200, latency), None);
+        self.spend(Some(by), &u, 200, latency, None);
     }
 
     pub(crate) fn finish_err(&self, e: &Error) {
@@ -245,7 +246,7 @@ impl RequestRecord {
         // there is nothing to charge and nothing a provider saw.
         if self.admission.is_some() {
             let usage = by.map(|_| Usage::default()).unwrap_or_default();
-            self.spend(by, &usage, (status, latency), Some(e));
+            self.spend(by, &usage, status, latency, Some(e));
         }
     }
 }

@@ -112,8 +112,7 @@ fn parse_json_explained<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
             // Not JSON at all: there is no field to name (the path would read `?`).
-            return Error::bad_request(format!("the request body is not valid JSON: {inner}"))
-                .with_code("invalid_json");
+            return not_json(&inner);
         }
         let err = Error::bad_request(format!("invalid request: {path}: {inner}"));
         if path != "." && !path.is_empty() {
@@ -123,11 +122,12 @@ fn parse_json_explained<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
         }
     })?;
     // Text after the object (`{...} xyz`) is not JSON either.
-    de.end().map_err(|e| {
-        Error::bad_request(format!("the request body is not valid JSON: {e}"))
-            .with_code("invalid_json")
-    })?;
+    de.end().map_err(|e| not_json(&e))?;
     Ok(value)
+}
+
+fn not_json(e: &serde_json::Error) -> Error {
+    Error::bad_request(format!("the request body is not valid JSON: {e}")).with_code("invalid_json")
 }
 
 #[cfg(test)]
