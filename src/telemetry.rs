@@ -2,13 +2,13 @@
 //! one JSON object per line with `AI_API_LOG_FORMAT=json`. Keys never reach a log line: the
 //! config holds them as redacting `Secret`s.
 //!
-//! A request never waits on stderr: lines are appended to an in-memory buffer and a background
-//! thread writes the buffer every [`FLUSH_EVERY`], or as soon as [`WAKE_AT`] bytes wait, in one
-//! `write`. (`tracing-appender`'s writer, used before, wakes its thread for every line: at one
-//! request at a time that thread, its futex wake-ups and one `write` per line were a quarter of
-//! the gateway's CPU.) Should more than [`MAX_PENDING`] bytes wait, further lines are dropped
-//! and counted rather than blocking requests, and the count is logged. Dropping the
-//! [`LogGuard`] writes what is left.
+//! A request never waits on stderr: lines are appended to an in-memory buffer of the thread
+//! that writes them, and a background thread writes all the buffers every [`FLUSH_EVERY`], or
+//! as soon as one holds [`WAKE_AT`] bytes, in one `write`. (`tracing-appender`'s writer, used
+//! before, wakes its thread for every line: at one request at a time that thread, its futex
+//! wake-ups and one `write` per line were a quarter of the gateway's CPU.) Should more than
+//! [`MAX_PENDING`] bytes wait in one buffer, further lines are dropped and counted rather than
+//! blocking requests, and the count is logged. Dropping the [`LogGuard`] writes what is left.
 //!
 //! The one line every request writes ([`Served`]) is formatted here directly, byte for byte as
 //! the subscriber would, into the same buffer.
@@ -28,9 +28,9 @@ use tracing_subscriber::fmt::format::{FormatFields, Writer};
 
 /// Lines wait at most this long before they are written.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
-/// The writer thread is woken early once this much waits.
+/// The writer thread is woken early once this much waits in one thread's buffer.
 pub const WAKE_AT: usize = 64 * 1024;
-/// Lines beyond this much waiting are dropped (and counted).
+/// Lines beyond this much waiting in one thread's buffer are dropped (and counted).
 pub const MAX_PENDING: usize = 4 * 1024 * 1024;
 
 /// Keeps the log writer running; dropping it writes what is left. Hold it until exit.
@@ -43,21 +43,133 @@ impl Drop for LogGuard {
     fn drop(&mut self) {
         if let Some((shared, thread)) = self.writer.take() {
             shared.stop.store(true, Ordering::Release);
-            shared.wake.notify_one();
+            shared.wake_writer();
             let _ = thread.join();
         }
     }
 }
 
-#[derive(Debug, Default)]
+/// Where lines wait for the writer thread: one buffer per thread that logs.
+///
+/// Each thread appends to a buffer of its own, so the gateway's workers (one per core) never
+/// take the same lock or write the same cache lines for their request lines: with one shared
+/// buffer, every request moved its lock and the buffer's tail between cores. The writer takes
+/// every thread's lines at each flush, thread by thread, so a thread's lines stay in their
+/// order; lines of different threads written within one flush interval may come out of time
+/// order (their timestamps tell).
+#[derive(Debug)]
 struct Shared {
-    pending: Mutex<Vec<u8>>,
+    /// Tells apart two writers in one process (tests make several): a thread's buffer belongs
+    /// to one of them.
+    id: u64,
+    /// The threads' buffers, in the order the threads first logged.
+    buffers: Mutex<Vec<Arc<ThreadLines>>>,
+    /// Whether a thread asked for an early write (its buffer reached [`WAKE_AT`]).
+    woken: Mutex<bool>,
     wake: Condvar,
     stop: AtomicBool,
     dropped: AtomicU64,
 }
 
-/// The subscriber's writer: each formatted line is appended to the shared buffer.
+impl Default for Shared {
+    fn default() -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        Shared {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            buffers: Mutex::default(),
+            woken: Mutex::default(),
+            wake: Condvar::new(),
+            stop: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+        }
+    }
+}
+
+/// One thread's lines waiting to be written.
+#[derive(Debug, Default)]
+struct ThreadLines(Mutex<Vec<u8>>);
+
+thread_local! {
+    /// This thread's buffer, and the id of the writer it belongs to.
+    static MY_LINES: std::cell::RefCell<Option<(u64, Arc<ThreadLines>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+impl Shared {
+    fn register(&self) -> Arc<ThreadLines> {
+        let lines = Arc::new(ThreadLines::default());
+        self.buffers.lock().push(Arc::clone(&lines));
+        lines
+    }
+
+    /// Appends one line to the calling thread's buffer, registered with this writer on the
+    /// thread's first line.
+    fn append(&self, bytes: &[u8]) {
+        let wake = MY_LINES.try_with(|mine| {
+            let mut mine = mine.borrow_mut();
+            match &*mine {
+                Some((id, lines)) if *id == self.id => self.push(lines, bytes),
+                _ => {
+                    let lines = self.register();
+                    let wake = self.push(&lines, bytes);
+                    *mine = Some((self.id, lines));
+                    wake
+                }
+            }
+        });
+        // A thread that logs while its thread-locals are torn down: a buffer for this line.
+        let wake = wake.unwrap_or_else(|_| self.push(&self.register(), bytes));
+        if wake {
+            self.wake_writer();
+        }
+    }
+
+    /// Adds `bytes` to `lines`, or drops and counts them when `lines` holds [`MAX_PENDING`]
+    /// bytes; true when `lines` just reached [`WAKE_AT`].
+    fn push(&self, lines: &ThreadLines, bytes: &[u8]) -> bool {
+        let mut pending = lines.0.lock();
+        if pending.len() + bytes.len() > MAX_PENDING {
+            drop(pending);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let was_below = pending.len() < WAKE_AT;
+        pending.extend_from_slice(bytes);
+        was_below && pending.len() >= WAKE_AT
+    }
+
+    fn wake_writer(&self) {
+        *self.woken.lock() = true;
+        self.wake.notify_one();
+    }
+
+    /// Moves every thread's waiting lines to the end of `batch`, and forgets the buffers of
+    /// threads that have exited once they are empty.
+    fn take_all(&self, batch: &mut Vec<u8>, spare: &mut Vec<u8>) {
+        let mut buffers = self.buffers.lock();
+        buffers.retain(|lines| {
+            let mut waiting = lines.0.lock();
+            if batch.is_empty() {
+                // The first lines: taken whole, not copied.
+                std::mem::swap(&mut *waiting, batch);
+            } else if !waiting.is_empty() {
+                std::mem::swap(&mut *waiting, spare);
+                drop(waiting);
+                batch.extend_from_slice(spare);
+                spare.clear();
+            }
+            // Only this list holds it: its thread is gone, and nothing can be added to it.
+            Arc::strong_count(lines) > 1
+        });
+    }
+
+    #[cfg(test)]
+    fn pending_bytes(&self) -> usize {
+        self.buffers.lock().iter().map(|l| l.0.lock().len()).sum()
+    }
+}
+
+/// The subscriber's writer: each formatted line is appended to the writing thread's buffer.
 #[derive(Debug, Clone)]
 struct BufferedLines(Arc<Shared>);
 
@@ -66,19 +178,7 @@ struct Line<'a>(&'a Shared);
 
 impl Write for Line<'_> {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        let mut pending = self.0.pending.lock();
-        if pending.len() + bytes.len() > MAX_PENDING {
-            drop(pending);
-            self.0.dropped.fetch_add(1, Ordering::Relaxed);
-            return Ok(bytes.len());
-        }
-        let was_below = pending.len() < WAKE_AT;
-        pending.extend_from_slice(bytes);
-        let wake = was_below && pending.len() >= WAKE_AT;
-        drop(pending);
-        if wake {
-            self.0.wake.notify_one();
-        }
+        self.0.append(bytes);
         Ok(bytes.len())
     }
 
@@ -95,18 +195,21 @@ impl<'a> MakeWriter<'a> for BufferedLines {
     }
 }
 
-/// The writer thread: swaps the buffer out and writes it, until stopped and empty.
+/// The writer thread: takes every thread's lines and writes them in one `write`, every
+/// [`FLUSH_EVERY`] or when woken, until stopped and empty.
 fn write_lines(shared: &Shared, out: &mut impl Write) {
     let mut batch: Vec<u8> = Vec::with_capacity(WAKE_AT);
+    let mut spare: Vec<u8> = Vec::new();
     loop {
         let stopping = {
-            let mut pending = shared.pending.lock();
-            if pending.len() < WAKE_AT && !shared.stop.load(Ordering::Acquire) {
-                shared.wake.wait_for(&mut pending, FLUSH_EVERY);
+            let mut woken = shared.woken.lock();
+            if !*woken && !shared.stop.load(Ordering::Acquire) {
+                shared.wake.wait_for(&mut woken, FLUSH_EVERY);
             }
-            std::mem::swap(&mut *pending, &mut batch);
+            *woken = false;
             shared.stop.load(Ordering::Acquire)
         };
+        shared.take_all(&mut batch, &mut spare);
         let dropped = shared.dropped.swap(0, Ordering::Relaxed);
         if dropped > 0 {
             let _ = writeln!(
@@ -119,11 +222,15 @@ fn write_lines(shared: &Shared, out: &mut impl Write) {
             let _ = out.write_all(&batch);
             let _ = out.flush();
             batch.clear();
-            // A burst may have grown it: keep the resting size small.
+            // A burst may have grown them: keep the resting size small.
             batch.shrink_to(WAKE_AT);
+            spare.shrink_to(WAKE_AT);
         }
-        if stopping && shared.pending.lock().is_empty() {
-            return;
+        if stopping {
+            shared.take_all(&mut batch, &mut spare);
+            if batch.is_empty() {
+                return;
+            }
         }
     }
 }
@@ -548,6 +655,48 @@ mod tests {
         assert_eq!(out.text(), want);
     }
 
+    /// Each thread's lines reach the output, all of them and in that thread's order, and the
+    /// buffers of threads that have exited are let go once written.
+    #[test]
+    fn every_threads_lines_are_written_in_their_order() {
+        let shared = Arc::new(Shared::default());
+        let out = SharedBuf::default();
+        let writer = {
+            let (shared, mut out) = (Arc::clone(&shared), out.clone());
+            std::thread::spawn(move || write_lines(&shared, &mut out))
+        };
+        let loggers: Vec<_> = (0..4)
+            .map(|t| {
+                let shared = Arc::clone(&shared);
+                std::thread::spawn(move || {
+                    for i in 0..3000 {
+                        line(&shared, &format!("t{t} {i} {}\n", "x".repeat(i % 100)));
+                    }
+                })
+            })
+            .collect();
+        for l in loggers {
+            l.join().unwrap();
+        }
+        drop(LogGuard {
+            writer: Some((Arc::clone(&shared), writer)),
+        });
+        let text = out.text();
+        for t in 0..4 {
+            let got: Vec<usize> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix(&format!("t{t} ")))
+                .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+                .collect();
+            assert_eq!(got, (0..3000).collect::<Vec<_>>(), "thread {t}");
+        }
+        assert_eq!(text.lines().count(), 4 * 3000);
+        assert!(
+            shared.buffers.lock().is_empty(),
+            "exited threads' buffers kept"
+        );
+    }
+
     /// The plain field formatter writes what `name={value:?}` fields wrote before it.
     #[test]
     fn plain_fields_read_as_debug_formatted_ones() {
@@ -724,7 +873,7 @@ mod tests {
         for _ in 0..6 {
             line(&shared, &big);
         }
-        assert_eq!(shared.pending.lock().len(), 4 * big.len());
+        assert_eq!(shared.pending_bytes(), 4 * big.len());
         assert_eq!(shared.dropped.load(Ordering::Relaxed), 2);
         shared.stop.store(true, Ordering::Release);
         let mut out = Vec::new();
