@@ -13,7 +13,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
@@ -101,6 +101,10 @@ pub struct Deployment {
     pub(crate) headers: super::ResponseHeaders,
     in_flight: Arc<AtomicU32>,
     health: Mutex<Health>,
+    /// Set with a cooldown and cleared under `health`'s lock once it has passed: every request
+    /// reads it, and reading a flag that does not change costs nothing, where locking
+    /// `health` moved that lock between the cores on every request.
+    cooling: AtomicBool,
     /// Exponentially weighted latency of successful calls, in milliseconds.
     latency_ms: Mutex<Option<f64>>,
 }
@@ -121,6 +125,7 @@ impl Deployment {
             metrics: None,
             in_flight: Arc::new(AtomicU32::new(0)),
             health: Mutex::new(Health::default()),
+            cooling: AtomicBool::new(false),
             latency_ms: Mutex::new(None),
         }
     }
@@ -135,7 +140,15 @@ impl Deployment {
 
     /// The time its cooldown ends, if it is cooling down at `now`.
     pub fn cooling_until(&self, now: Instant) -> Option<Instant> {
-        self.health.lock().cooldown_until.filter(|u| *u > now)
+        if !self.cooling.load(Ordering::Acquire) {
+            return None;
+        }
+        let h = self.health.lock();
+        let until = h.cooldown_until.filter(|u| *u > now);
+        if until.is_none() {
+            self.cooling.store(false, Ordering::Release);
+        }
+        until
     }
 
     /// USD for `usage` on this deployment.
@@ -178,6 +191,7 @@ impl Deployment {
         }
         if h.failures.len() as u32 > s.allowed_fails && may_cool {
             h.cooldown_until = Some(now + s.cooldown_time);
+            self.cooling.store(true, Ordering::Release);
             h.failures.clear();
             return true;
         }
@@ -374,6 +388,13 @@ impl Router {
     /// (failed earlier in this request) are taken only when nothing else is left.
     fn pick(&self, group: &Group, avoid: &[usize]) -> Result<(Arc<Deployment>, Lease), NoPick> {
         let now = self.clock.now();
+        // Most groups have one deployment: no lists to build for it.
+        if let [d] = group.deployments.as_slice() {
+            if d.cooling_until(now).is_some() {
+                return Err(NoPick::Cooling);
+            }
+            return self.lease(d, now).map_err(NoPick::Limited);
+        }
         let healthy: Vec<&Arc<Deployment>> = group
             .deployments
             .iter()
@@ -392,15 +413,8 @@ impl Router {
         while !candidates.is_empty() {
             let i = self.choose(&candidates, now);
             let d = candidates.swap_remove(i);
-            match self.limiter.admit(&d.config.id, &d.limits(), now) {
-                Ok(slot) => {
-                    d.in_flight.fetch_add(1, Ordering::AcqRel);
-                    let lease = Lease {
-                        _slot: slot,
-                        in_flight: d.in_flight.clone(),
-                    };
-                    return Ok((d.clone(), lease));
-                }
+            match self.lease(d, now) {
+                Ok(picked) => return Ok(picked),
                 Err(l) => {
                     if soonest.is_none_or(|s| l.retry_after < s.retry_after) {
                         soonest = Some(l);
@@ -409,6 +423,21 @@ impl Router {
             }
         }
         Err(soonest.map_or(NoPick::Cooling, NoPick::Limited))
+    }
+
+    /// Admits the request on `d` (its rpm, tpm and parallel limits) and counts it in flight.
+    fn lease(
+        &self,
+        d: &Arc<Deployment>,
+        now: Instant,
+    ) -> Result<(Arc<Deployment>, Lease), Limited> {
+        let slot = self.limiter.admit(&d.config.id, &d.limits(), now)?;
+        d.in_flight.fetch_add(1, Ordering::AcqRel);
+        let lease = Lease {
+            _slot: slot,
+            in_flight: d.in_flight.clone(),
+        };
+        Ok((d.clone(), lease))
     }
 
     /// The index in `candidates` the strategy picks.
@@ -614,7 +643,10 @@ impl Router {
             *upstream += took;
             match result {
                 Ok(v) => {
-                    d.record_latency(took);
+                    // Only latency-based routing reads it (and the lock is shared by the cores).
+                    if self.settings.strategy == RoutingStrategy::LatencyBased {
+                        d.record_latency(took);
+                    }
                     return Ok((v, d, lease));
                 }
                 Err(e) => {
