@@ -23,6 +23,7 @@ import datetime as dt
 import json
 import os
 import platform
+import random
 import re
 import resource
 import shutil
@@ -50,7 +51,31 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+_TAKEN: set[int] = set()
+
+
 def free_port() -> int:
+    """A port to listen on later, below the kernel's ephemeral range: a port the kernel hands
+    out for port 0 can be taken, before the server that wants it starts, by any outgoing
+    connection (the load drivers, nginx and the proxies to the upstream) — LiteLLM, started
+    last, once found its port so taken."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 0
+    for _ in range(200):
+        if low <= 11000:
+            break
+        port = random.randrange(10000, low)
+        if port in _TAKEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _TAKEN.add(port)
+        return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
