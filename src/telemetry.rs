@@ -635,23 +635,30 @@ mod tests {
         Line(shared).write_all(text.as_bytes()).unwrap();
     }
 
-    #[test]
-    fn lines_are_written_in_order_and_all_of_them_on_stop() {
+    /// A writer thread writing into memory, and the guard that stops it.
+    fn start_writer() -> (Arc<Shared>, SharedBuf, LogGuard) {
         let shared = Arc::new(Shared::default());
         let out = SharedBuf::default();
         let thread = {
             let (shared, mut out) = (Arc::clone(&shared), out.clone());
             std::thread::spawn(move || write_lines(&shared, &mut out))
         };
+        let guard = LogGuard {
+            writer: Some((Arc::clone(&shared), thread)),
+        };
+        (shared, out, guard)
+    }
+
+    #[test]
+    fn lines_are_written_in_order_and_all_of_them_on_stop() {
+        let (shared, out, writer) = start_writer();
         let mut want = String::new();
         for i in 0..5000 {
             let l = format!("line {i} {}\n", "x".repeat(i % 200));
             line(&shared, &l);
             want.push_str(&l);
         }
-        drop(LogGuard {
-            writer: Some((shared, thread)),
-        });
+        drop(writer);
         assert_eq!(out.text(), want);
     }
 
@@ -659,12 +666,7 @@ mod tests {
     /// buffers of threads that have exited are let go once written.
     #[test]
     fn every_threads_lines_are_written_in_their_order() {
-        let shared = Arc::new(Shared::default());
-        let out = SharedBuf::default();
-        let writer = {
-            let (shared, mut out) = (Arc::clone(&shared), out.clone());
-            std::thread::spawn(move || write_lines(&shared, &mut out))
-        };
+        let (shared, out, writer) = start_writer();
         let loggers: Vec<_> = (0..4)
             .map(|t| {
                 let shared = Arc::clone(&shared);
@@ -678,9 +680,7 @@ mod tests {
         for l in loggers {
             l.join().unwrap();
         }
-        drop(LogGuard {
-            writer: Some((Arc::clone(&shared), writer)),
-        });
+        drop(writer);
         let text = out.text();
         for t in 0..4 {
             let got: Vec<usize> = text
