@@ -148,6 +148,9 @@ impl Shared {
     fn take_all(&self, batch: &mut Vec<u8>, spare: &mut Vec<u8>) {
         let mut buffers = self.buffers.lock();
         buffers.retain(|lines| {
+            // Read before taking: a thread that is gone cannot add lines after the take, while
+            // one that is alive at the take may add lines and exit before a later check.
+            let alive = Arc::strong_count(lines) > 1;
             let mut waiting = lines.0.lock();
             if batch.is_empty() {
                 // The first lines: taken whole, not copied.
@@ -158,8 +161,9 @@ impl Shared {
                 batch.extend_from_slice(spare);
                 spare.clear();
             }
-            // Only this list holds it: its thread is gone, and nothing can be added to it.
-            Arc::strong_count(lines) > 1
+            // Only this list held it before the take: its thread is gone and its lines are in
+            // `batch`.
+            alive
         });
     }
 
