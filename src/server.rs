@@ -193,7 +193,7 @@ fn serve_doors(
     http: TcpListener,
     grpc: TcpListener,
     app: Door,
-    routes: tonic::service::Routes,
+    services: crate::grpc::Services,
     (workers, pool): (usize, &Workers),
     stop: &watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<Result<(), ServeError>>, ServeError> {
@@ -229,7 +229,7 @@ fn serve_doors(
             rx: grpc_rx,
             local: grpc_local,
         };
-        let (app, routes, stop) = (app.clone(), routes.clone(), stop.clone());
+        let (app, services, stop) = (app.clone(), services.clone(), stop.clone());
         let (tx, rx) = tokio::sync::oneshot::channel();
         let all_drained = Arc::clone(&all_drained);
         std::thread::Builder::new()
@@ -253,7 +253,8 @@ fn serve_doors(
                     });
                     let grpc = async {
                         tonic::transport::Server::builder()
-                            .add_routes(routes)
+                            .layer(services.api_first)
+                            .add_routes(services.routes)
                             .serve_with_incoming_shutdown(incoming, until_true(stop.clone()))
                             .await
                             .map_err(ServeError::Grpc)
@@ -319,7 +320,7 @@ pub async fn serve(
     );
     let (stop_tx, stop_rx) = watch::channel(false);
     let pool = Workers::default();
-    let (routes, health_task) = crate::grpc::routes(
+    let (services, health_task) = crate::grpc::routes(
         gateway,
         pool.clone(),
         config.max_request_size_bytes,
@@ -328,7 +329,7 @@ pub async fn serve(
     .await
     .map_err(|e| ServeError::Start(e.to_string()))?;
 
-    let mut doors_task = serve_doors(http, grpc, app, routes, (workers, &pool), &stop_rx)?;
+    let mut doors_task = serve_doors(http, grpc, app, services, (workers, &pool), &stop_rx)?;
 
     let joined = |r: Result<Result<(), ServeError>, tokio::task::JoinError>| match r {
         Ok(r) => r,

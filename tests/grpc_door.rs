@@ -402,3 +402,28 @@ async fn health_is_served_overall_and_per_service_without_a_key() {
         );
     }
 }
+
+/// Calls the API service does not have, and services the door does not have, are
+/// `UNIMPLEMENTED` — the API's own calls are served ahead of the other services' routes.
+#[tokio::test]
+async fn unknown_methods_and_services_are_unimplemented() {
+    let (_fake, gw, _client) = setup().await;
+    for path in [
+        "/ai_api.v1.AiApiService/NoSuchMethod",
+        "/ai_api.v1.NoSuchService/Chat",
+        "/ai_api.v1.AiApiServiceX/Chat",
+    ] {
+        let mut grpc = tonic::client::Grpc::new(channel(&gw).await);
+        grpc.ready().await.unwrap();
+        let codec = tonic_prost::ProstCodec::<pb::ChatRequest, pb::ChatResponse>::default();
+        let status = grpc
+            .unary(
+                authed(chat_request("gpt-4o-mini")),
+                http::uri::PathAndQuery::from_static(path),
+                codec,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unimplemented, "{path}");
+    }
+}
