@@ -410,7 +410,7 @@ fn message_to_wire(m: &c::Message) -> w::ChatMessage {
         refusal,
     } = m;
     w::ChatMessage {
-        role: role.as_str().to_string(),
+        role: role.as_str().into(),
         content: content.as_ref().map(|c| match c {
             c::Content::Text(t) => w::MessageContent::Text(t.clone()),
             c::Content::Parts(parts) => w::MessageContent::Parts(
@@ -747,7 +747,7 @@ impl From<c::ChatResponse> for w::ChatCompletion {
     fn from(r: c::ChatResponse) -> Self {
         w::ChatCompletion {
             id: r.id,
-            object: chat_completion_object_name(),
+            object: "chat.completion".into(),
             created: r.created,
             model: r.model,
             choices: r
@@ -775,10 +775,6 @@ impl From<c::ChatResponse> for w::ChatCompletion {
             system_fingerprint: r.system_fingerprint,
         }
     }
-}
-
-fn chat_completion_object_name() -> String {
-    "chat.completion".into()
 }
 
 impl From<c::ChatChunk> for w::ChatCompletionChunk {
