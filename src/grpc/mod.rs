@@ -19,8 +19,8 @@ use crate::workers::Workers;
 use pb::admin_service_server::AdminServiceServer;
 use pb::ai_api_service_server::AiApiServiceServer;
 
-/// The door's services, ready for a tonic server: every service in `routes`, and the API
-/// service again in `api_first`, the layer that serves it ahead of them.
+/// The door's services, ready for a tonic server: the API service in `api_first`, the
+/// layer that serves its calls ahead of `routes`, which hold every other service.
 #[derive(Debug, Clone)]
 pub struct Services {
     pub routes: Routes,
@@ -59,7 +59,6 @@ pub async fn routes(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(api.clone())
         .add_service(admin);
     let services = Services {
         routes: routes.routes(),
@@ -72,8 +71,8 @@ type Api = AiApiServiceServer<service::AiApi>;
 
 /// Serves `ai_api.v1.AiApiService` calls with the service itself, ahead of tonic's `Routes`
 /// (an axum router: a route lookup, a boxed future and a cloned service on every call, ~4 %
-/// of a unary call's instructions); every other path goes on to the routes. The service
-/// answers its own unknown methods (`UNIMPLEMENTED`), as it does behind the routes.
+/// of a unary call's instructions), which do not hold it; every other path goes on to them.
+/// The service answers its own unknown methods (`UNIMPLEMENTED`), as it did behind them.
 #[derive(Debug, Clone)]
 pub struct ApiFirst(Api);
 
