@@ -747,7 +747,7 @@ impl From<c::ChatResponse> for w::ChatCompletion {
     fn from(r: c::ChatResponse) -> Self {
         w::ChatCompletion {
             id: r.id,
-            object: "chat.completion".into(),
+            object: w::chat_completion_object(),
             created: r.created,
             model: r.model,
             choices: r
@@ -782,7 +782,7 @@ impl From<c::ChatChunk> for w::ChatCompletionChunk {
     fn from(r: c::ChatChunk) -> Self {
         w::ChatCompletionChunk {
             id: r.id,
-            object: "chat.completion.chunk".into(),
+            object: w::chunk_object(),
             created: r.created,
             model: r.model,
             system_fingerprint: r.system_fingerprint,

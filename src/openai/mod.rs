@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 /// A word the wire repeats in nearly every message (`object`, `role`, `finish_reason`): the
 /// known ones are read and written as `&'static str` (no allocation either way, ~6 fewer per
 /// plain request and ~4 per stream chunk), anything else is kept as sent.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Token(Cow<'static, str>);
 
 /// The words [`Token`] keeps without allocating.
@@ -59,10 +59,7 @@ impl From<&'static str> for Token {
 
 impl From<String> for Token {
     fn from(s: String) -> Self {
-        match Token::known(&s) {
-            Some(k) => Token(Cow::Borrowed(k)),
-            None => Token(Cow::Owned(s)),
-        }
+        Token(Token::known(&s).map_or(Cow::Owned(s), Cow::Borrowed))
     }
 }
 
@@ -93,10 +90,9 @@ impl<'de> Deserialize<'de> for Token {
                 f.write_str("a string")
             }
             fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Token, E> {
-                Ok(Token(match Token::known(s) {
-                    Some(k) => Cow::Borrowed(k),
-                    None => Cow::Owned(s.to_string()),
-                }))
+                Ok(Token(
+                    Token::known(s).map_or_else(|| Cow::Owned(s.to_string()), Cow::Borrowed),
+                ))
             }
             fn visit_string<E: serde::de::Error>(self, s: String) -> Result<Token, E> {
                 Ok(Token::from(s))
@@ -309,7 +305,7 @@ pub struct ChatCompletion {
     pub system_fingerprint: Option<String>,
 }
 
-fn chat_completion_object() -> Token {
+pub(crate) fn chat_completion_object() -> Token {
     Token::from("chat.completion")
 }
 
@@ -384,7 +380,7 @@ pub struct ChatCompletionChunk {
     pub usage: Option<Usage>,
 }
 
-fn chunk_object() -> Token {
+pub(crate) fn chunk_object() -> Token {
     Token::from("chat.completion.chunk")
 }
 
