@@ -19,6 +19,7 @@
 //!   ([`workers`]: which worker a thread is, moving a gRPC call to a less busy one);
 //!   [`cli`]: the command line; [`telemetry`]: logging.
 
+mod body;
 pub mod cli;
 pub mod config;
 pub mod core;

@@ -63,9 +63,9 @@ impl<S: Send + Sync> FromRequest<S> for Body {
 /// The body within `limit` bytes, with [`Body`]'s errors (for a route served without the
 /// router, whose `DefaultBodyLimit` layer is what [`Body`] reads its limit from).
 pub(crate) async fn read_body(body: axum::body::Body, limit: usize) -> Result<Bytes, HttpError> {
-    use http_body_util::{BodyExt, LengthLimitError, Limited};
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
+    use http_body_util::{LengthLimitError, Limited};
+    match crate::body::collect(Limited::new(body, limit)).await {
+        Ok(bytes) => Ok(bytes),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
         Err(e) => Err(unreadable(e)),
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use eventsource_stream::{Event, Eventsource};
 use futures_util::{Stream, StreamExt};
-use http_body_util::{BodyDataStream, BodyExt};
+use http_body_util::BodyDataStream;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -103,12 +103,9 @@ impl Upstream {
 
 /// Reads a whole answer body.
 async fn read_body(resp: UpstreamResponse) -> Result<Bytes, Error> {
-    Ok(resp
-        .into_body()
-        .collect()
+    crate::body::collect(resp.into_body())
         .await
-        .map_err(body_error)?
-        .to_bytes())
+        .map_err(body_error)
 }
 
 /// Decodes a provider's JSON, calling anything else a bad gateway.
