@@ -24,7 +24,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, USER_AGENT};
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, USER_AGENT};
 use http::uri::{Authority, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::Full;
@@ -96,9 +96,12 @@ impl HttpClient {
     /// here.
     pub async fn send_json(
         &self,
-        call: UpstreamRequest,
+        mut call: UpstreamRequest,
         body: Vec<u8>,
     ) -> Result<UpstreamResponse, Error> {
+        // Written into its place (see `FixedHeaders::json`); hyper keeps a length it is given.
+        call.headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
         let shard = Workers::current().map_or(0, |i| i + 1) % self.shards.len();
         if call.target.0.uri.scheme() == Some(&Scheme::HTTP) {
             // Boxed, as hyper-util's client boxes its own: the call's states would otherwise
@@ -166,13 +169,9 @@ impl Plain {
         call: UpstreamRequest,
         body: Vec<u8>,
     ) -> Result<UpstreamResponse, Error> {
-        let UpstreamRequest {
-            target,
-            mut headers,
-        } = call;
+        let UpstreamRequest { target, headers } = call;
         let target = &target.0;
         let authority = target.authority.clone();
-        headers.insert(HOST, target.host.clone());
         let mut req = Request::new(Full::new(Bytes::from(body)));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = target.origin.clone();
@@ -337,9 +336,14 @@ impl Body for UpstreamBody {
 pub struct FixedHeaders(HeaderMap);
 
 impl FixedHeaders {
-    /// `Content-Type: application/json` and ai-api's user agent.
+    /// `Content-Type: application/json` and ai-api's user agent, after places for the `Host`
+    /// header that [`UpstreamRequest::post`] fills and the `Content-Length` that
+    /// [`HttpClient::send_json`] does: a copy of a map has no room to spare, so adding a
+    /// header to it (as hyper adds the length) moves every entry to a larger allocation.
     pub fn json() -> Self {
-        let mut h = HeaderMap::with_capacity(6);
+        let mut h = HeaderMap::with_capacity(8);
+        h.insert(HOST, HeaderValue::from_static(""));
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         h.insert(USER_AGENT, HeaderValue::from_static(AGENT));
         FixedHeaders(h)
@@ -389,10 +393,17 @@ impl UpstreamRequest {
                 format!("the provider URL is not valid: {e}"),
             )
         })?;
-        let headers = headers.as_ref().map_err(Clone::clone)?;
+        let mut headers = headers.as_ref().map_err(Clone::clone)?.0.clone();
+        // Over TLS hyper-util's client writes the host itself (without any user info the URL
+        // may carry); plain calls send the one prepared with the target.
+        if target.0.uri.scheme() == Some(&Scheme::HTTP) {
+            headers.insert(HOST, target.0.host.clone());
+        } else {
+            headers.remove(HOST);
+        }
         Ok(UpstreamRequest {
             target: target.clone(),
-            headers: headers.0.clone(),
+            headers,
         })
     }
 }
@@ -528,5 +539,12 @@ mod tests {
         assert!(r.headers[AUTHORIZATION].is_sensitive());
         assert!(r.headers["x-api-key"].is_sensitive());
         assert_eq!(r.headers[AUTHORIZATION], "Bearer sk-x");
+        assert_eq!(r.headers[HOST], "127.0.0.1:9");
+        let tls = parse_uri("https://api.example.com/v1".into());
+        let r = UpstreamRequest::post(&tls, &Ok(FixedHeaders::json())).unwrap();
+        assert!(
+            !r.headers.contains_key(HOST),
+            "over TLS the client writes the host"
+        );
     }
 }
