@@ -396,13 +396,13 @@ fn mins(n: u64) -> Duration {
 
 fn rec(id: &str, key: Option<&str>, model: &str, time: SystemTime, cost: f64) -> SpendRecord {
     SpendRecord {
-        request_id: id.to_owned(),
+        request_id: id.into(),
         time,
         key_hash: key.map(str::to_owned),
         key_alias: key.map(|k| format!("alias-{k}")),
-        model_group: model.to_owned(),
-        deployment_id: format!("{model}-dep"),
-        provider_model: format!("provider/{model}"),
+        model_group: model.into(),
+        deployment_id: format!("{model}-dep").into(),
+        provider_model: format!("provider/{model}").into(),
         prompt_tokens: 10,
         completion_tokens: 5,
         cost_usd: cost,
@@ -851,7 +851,7 @@ async fn a_repeated_request_id_is_another_request() {
         );
         let logs = all_logs(store).await;
         assert_eq!(logs.len(), 4);
-        let mut req1: Vec<_> = logs.iter().filter(|l| l.request_id == "req-1").collect();
+        let mut req1: Vec<_> = logs.iter().filter(|l| &*l.request_id == "req-1").collect();
         req1.sort_by(|a, b| a.cost_usd.total_cmp(&b.cost_usd));
         assert_eq!(
             req1,
@@ -1185,7 +1185,7 @@ async fn writer_flushes_on_close_and_survives_a_restart() {
         );
         let logs = all_logs(&reopened).await;
         assert_eq!(logs.len(), 7);
-        let r0 = logs.iter().find(|l| l.request_id == "r0").unwrap();
+        let r0 = logs.iter().find(|l| &*l.request_id == "r0").unwrap();
         assert_eq!(r0.request_body.as_deref(), Some("{\"n\": 0}"));
         assert_eq!(r0.response_body.as_deref(), Some("nul\u{FFFD}inside"));
         assert_eq!(
@@ -1281,7 +1281,7 @@ async fn a_record_the_database_refuses_is_dropped_alone() {
         let mut ids: Vec<String> = all_logs(&store)
             .await
             .into_iter()
-            .map(|l| l.request_id)
+            .map(|l| l.request_id.to_string())
             .collect();
         ids.sort();
         assert_eq!(ids, ["ok-1", "ok-2", "ok-3", "ok-4"]);
@@ -1428,7 +1428,7 @@ async fn reports_by_key_model_and_day_over_a_range() {
             })
             .await
             .unwrap();
-        let ids: Vec<_> = logs.iter().map(|l| l.request_id.as_str()).collect();
+        let ids: Vec<_> = logs.iter().map(|l| &*l.request_id).collect();
         assert_eq!(ids, ["a2", "e1", "b1", "master", "a1"]);
         assert_eq!(logs[1].status, 502);
         let ka = store
@@ -1439,7 +1439,7 @@ async fn reports_by_key_model_and_day_over_a_range() {
             })
             .await
             .unwrap();
-        let ids: Vec<_> = ka.iter().map(|l| l.request_id.as_str()).collect();
+        let ids: Vec<_> = ka.iter().map(|l| &*l.request_id).collect();
         assert_eq!(ids, ["a2", "e1"]);
         let one = store
             .spend_logs(&SpendLogFilter {

@@ -85,7 +85,8 @@ pub fn new_request_id() -> uuid::Uuid {
 /// What a door knows about a request besides its body.
 #[derive(Debug, Clone)]
 pub struct RequestContext {
-    pub request_id: String,
+    /// Shared, not copied, with the request's record and its spend record.
+    pub request_id: Arc<str>,
     pub door: Door,
     /// The key the client presented (`Authorization: Bearer`, `x-api-key`, gRPC metadata).
     pub api_key: Option<String>,
@@ -96,7 +97,7 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
-    pub fn new(door: Door, request_id: String, api_key: Option<String>) -> Self {
+    pub fn new(door: Door, request_id: Arc<str>, api_key: Option<String>) -> Self {
         RequestContext {
             request_id,
             door,

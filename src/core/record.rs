@@ -16,7 +16,7 @@ use crate::store::SpendRecord;
 
 #[derive(Debug)]
 pub(crate) struct RequestRecord {
-    request_id: String,
+    request_id: Arc<str>,
     door: Door,
     model: String,
     started: Instant,
@@ -101,12 +101,15 @@ impl RequestRecord {
             time: self.time,
             key_hash: principal.and_then(|p| p.key_hash()).map(str::to_string),
             key_alias: principal.and_then(|p| p.key_alias()).map(str::to_string),
-            model_group: by.map_or_else(|| self.model.clone(), |b| b.model_group().to_string()),
+            model_group: by.map_or_else(
+                || self.model.as_str().into(),
+                |b| b.deployment.spend_names.model_group.clone(),
+            ),
             deployment_id: by
-                .map(|b| b.deployment_id().to_string())
+                .map(|b| b.deployment.spend_names.deployment_id.clone())
                 .unwrap_or_default(),
             provider_model: by
-                .map(|b| b.provider_model().to_string())
+                .map(|b| b.deployment.spend_names.provider_model.clone())
                 .unwrap_or_default(),
             prompt_tokens: u64::from(usage.prompt_tokens),
             completion_tokens: u64::from(usage.completion_tokens),

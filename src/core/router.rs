@@ -99,6 +99,8 @@ pub struct Deployment {
     pub(crate) metrics: Option<Arc<[DoorMetrics; 2]>>,
     /// The `x-litellm-*` headers of its answers, built once.
     pub(crate) headers: super::ResponseHeaders,
+    /// Its names as every spend record carries them (shared, not copied per request).
+    pub(crate) spend_names: SpendNames,
     in_flight: Arc<AtomicU32>,
     health: Mutex<Health>,
     /// Set with a cooldown and cleared under `health`'s lock once it has passed: every request
@@ -109,6 +111,14 @@ pub struct Deployment {
     latency_ms: Mutex<Option<f64>>,
 }
 
+/// A deployment's model group, id and provider model, for spend records.
+#[derive(Debug)]
+pub(crate) struct SpendNames {
+    pub(crate) model_group: Arc<str>,
+    pub(crate) deployment_id: Arc<str>,
+    pub(crate) provider_model: Arc<str>,
+}
+
 impl Deployment {
     pub fn new(config: DeploymentConfig, provider: Provider, index: usize) -> Self {
         let headers = super::ResponseHeaders::new(&[
@@ -116,8 +126,14 @@ impl Deployment {
             ("x-litellm-model-id", Some(config.id.as_str())),
             ("x-litellm-model-api-base", config.api_base.as_deref()),
         ]);
+        let spend_names = SpendNames {
+            model_group: config.model_name.as_str().into(),
+            deployment_id: config.id.as_str().into(),
+            provider_model: config.upstream_model.as_str().into(),
+        };
         Deployment {
             headers,
+            spend_names,
             config,
             provider,
             index,

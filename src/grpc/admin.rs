@@ -122,13 +122,13 @@ fn patch_from(r: pb::UpdateKeyRequest) -> (String, KeyPatch) {
 impl From<&SpendRecord> for pb::SpendLog {
     fn from(r: &SpendRecord) -> Self {
         pb::SpendLog {
-            request_id: r.request_id.clone(),
+            request_id: r.request_id.to_string(),
             time_ms: to_unix_ms(r.time),
             key_hash: r.key_hash.clone().unwrap_or_default(),
             key_alias: r.key_alias.clone().unwrap_or_default(),
-            model_group: r.model_group.clone(),
-            deployment: r.deployment_id.clone(),
-            provider_model: r.provider_model.clone(),
+            model_group: r.model_group.to_string(),
+            deployment: r.deployment_id.to_string(),
+            provider_model: r.provider_model.to_string(),
             prompt_tokens: u32::try_from(r.prompt_tokens).unwrap_or(u32::MAX),
             completion_tokens: u32::try_from(r.completion_tokens).unwrap_or(u32::MAX),
             cost_usd: r.cost_usd,

@@ -62,8 +62,8 @@ pub(crate) fn context(md: &MetadataMap) -> RequestContext {
     let text = |k: &str| md.get(k).and_then(|v| v.to_str().ok()).map(str::trim);
     let request_id = text("x-request-id")
         .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .unwrap_or_else(|| crate::core::new_request_id().to_string());
+        .map(std::sync::Arc::from)
+        .unwrap_or_else(|| crate::core::new_request_id().to_string().into());
     let key = text("authorization")
         .map(|v| {
             v.strip_prefix("Bearer ")
@@ -193,7 +193,7 @@ impl AiApiService for AiApi {
         let ctx = context(request.metadata());
         let gateway = self.gateway.clone();
         self.unary(Box::pin(async move {
-            let id = ctx.request_id.as_str();
+            let id = &*ctx.request_id;
             let req = ChatRequest::try_from(request.into_inner()).map_err(|e| status(e, id))?;
             answer(id, gateway.chat(&ctx, req).await)
         }))

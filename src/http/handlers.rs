@@ -23,7 +23,7 @@ pub(crate) fn context(headers: &HeaderMap) -> RequestContext {
     // any byte that is not UTF-8 replaced (`to_str` would refuse non-ASCII ids outright).
     let request_id = headers
         .get(X_REQUEST_ID)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .map(|v| std::sync::Arc::from(String::from_utf8_lossy(v.as_bytes())))
         .unwrap_or_default();
     let bearer = headers
         .get(header::AUTHORIZATION)
@@ -118,7 +118,7 @@ pub(crate) async fn chat_direct(
         Some(v) => v.clone(),
         None => {
             let id = super::new_request_id_header();
-            ctx.request_id = id.to_str().unwrap_or_default().to_string();
+            ctx.request_id = id.to_str().unwrap_or_default().into();
             id
         }
     };
@@ -273,9 +273,9 @@ mod tests {
             X_REQUEST_ID,
             HeaderValue::from_bytes("t\tab\"q é".as_bytes()).unwrap(),
         );
-        assert_eq!(context(&h).request_id, "t\tab\"q é");
+        assert_eq!(&*context(&h).request_id, "t\tab\"q é");
         h.insert(X_REQUEST_ID, HeaderValue::from_bytes(b"id-\xe9").unwrap());
-        assert_eq!(context(&h).request_id, "id-\u{fffd}");
-        assert_eq!(context(&HeaderMap::new()).request_id, "");
+        assert_eq!(&*context(&h).request_id, "id-\u{fffd}");
+        assert_eq!(&*context(&HeaderMap::new()).request_id, "");
     }
 }

@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use sqlx::QueryBuilder;
@@ -32,15 +33,17 @@ const TOTALS_CHUNK: usize = 1000;
 pub struct SpendRecord {
     /// The request's id: the client's `x-request-id`, else one the gateway made (UUIDv7). Not
     /// a key: a client may send the same id twice, and both requests are logged and counted.
-    pub request_id: String,
+    pub request_id: Arc<str>,
     /// When the request was received (UTC).
     pub time: SystemTime,
     /// Token hash of the calling key; `None` for the master key.
     pub key_hash: Option<String>,
     pub key_alias: Option<String>,
-    pub model_group: String,
-    pub deployment_id: String,
-    pub provider_model: String,
+    /// Shared with the deployment (and the request id with the request): a record costs
+    /// reference counts, not copies, and is freed on the writer's thread.
+    pub model_group: Arc<str>,
+    pub deployment_id: Arc<str>,
+    pub provider_model: Arc<str>,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     /// USD (stored to the nano-dollar).
@@ -203,13 +206,13 @@ const LOG_COLUMNS: &str = "request_id, request_time, key_hash, key_alias, model_
 
 fn record_from_row<R: RowExt>(row: &R) -> Result<SpendRecord, StoreError> {
     Ok(SpendRecord {
-        request_id: row.text("request_id")?,
+        request_id: row.text("request_id")?.into(),
         time: from_unix_ms(row.int("request_time")?),
         key_hash: row.opt_text("key_hash")?,
         key_alias: row.opt_text("key_alias")?,
-        model_group: row.text("model_group")?,
-        deployment_id: row.text("deployment_id")?,
-        provider_model: row.text("provider_model")?,
+        model_group: row.text("model_group")?.into(),
+        deployment_id: row.text("deployment_id")?.into(),
+        provider_model: row.text("provider_model")?.into(),
         prompt_tokens: to_u64(row.int("prompt_tokens")?),
         completion_tokens: to_u64(row.int("completion_tokens")?),
         cost_usd: nanos_to_usd(row.int("cost_nanos")?),
@@ -537,9 +540,9 @@ mod tests {
             time: SystemTime::now(),
             key_hash: None,
             key_alias: None,
-            model_group: String::new(),
-            deployment_id: String::new(),
-            provider_model: String::new(),
+            model_group: "".into(),
+            deployment_id: "".into(),
+            provider_model: "".into(),
             prompt_tokens: 0,
             completion_tokens: 0,
             cost_usd: 0.0,
