@@ -192,7 +192,7 @@ impl ServedBy {
             (self.attempted_fallbacks != 0).then(|| count(self.attempted_fallbacks)),
             per_answer(duration),
             per_answer(overhead),
-            cost.and_then(|c| per_answer(c.to_string())),
+            cost.and_then(cost_value),
         ];
         for (at, (_, value)) in h.iter_mut().enumerate() {
             let slot = template.slots.iter().position(|&s| s == Some(at));
@@ -288,6 +288,25 @@ fn millis(d: Duration) -> String {
         s.push(char::from(b'0' + d as u8));
     }
     s
+}
+
+/// The cost header's value, as `format!("{cost}")` writes it, formatted on the stack and
+/// copied once into the value: `to_string` grew its string twice on the way (three
+/// allocations per answer where one does).
+fn cost_value(cost: f64) -> Option<http::HeaderValue> {
+    use std::io::Write as _;
+    let mut buf = [0u8; 48];
+    let mut out = std::io::Cursor::new(&mut buf[..]);
+    let mut v = match write!(out, "{cost}") {
+        Ok(()) => {
+            let len = usize::try_from(out.position()).unwrap_or(0);
+            http::HeaderValue::from_bytes(buf.get(..len)?).ok()?
+        }
+        // Longer than the buffer (tiny or huge values written without an exponent).
+        Err(_) => http::HeaderValue::try_from(cost.to_string()).ok()?,
+    };
+    v.set_sensitive(true);
+    Some(v)
 }
 
 /// An answer and where it came from.
@@ -981,10 +1000,35 @@ impl Drop for ChatStream {
 
 #[cfg(test)]
 mod tests {
-    use super::{Deployment, ServedBy, millis, new_request_id};
+    use super::{Deployment, ServedBy, cost_value, millis, new_request_id};
     use std::sync::Arc;
     use std::time::Duration;
     use tokio::time::Instant;
+
+    #[test]
+    fn costs_are_written_as_rust_writes_floats() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let values = [
+            0.0,
+            1.0,
+            4.95e-6,
+            1e-7,
+            123.456,
+            0.1 + 0.2,
+            1e-300,
+            f64::MAX,
+        ]
+        .into_iter()
+        .chain((0..2_000).map(|_| f64::from_bits(rng.u64(..)).abs()));
+        for v in values {
+            let Some(got) = cost_value(v) else {
+                assert!(v.is_nan(), "{v:e} has a value");
+                continue;
+            };
+            assert_eq!(got, format!("{v}").as_str(), "{v:e}");
+            assert!(got.is_sensitive());
+        }
+    }
 
     #[test]
     fn new_request_ids_are_uuid_v7_in_time_order() {
