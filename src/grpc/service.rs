@@ -60,10 +60,15 @@ pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
 
 pub(crate) fn context(md: &MetadataMap) -> RequestContext {
     let text = |k: &str| md.get(k).and_then(|v| v.to_str().ok()).map(str::trim);
-    let request_id = text("x-request-id")
-        .filter(|s| !s.is_empty())
-        .map(std::sync::Arc::from)
-        .unwrap_or_else(|| crate::core::new_request_id().to_string().into());
+    let request_id = match text("x-request-id").filter(|s| !s.is_empty()) {
+        Some(id) => std::sync::Arc::from(id),
+        // Written on the stack: `to_string` went through the formatter into a growing string.
+        None => {
+            let mut buf = uuid::Uuid::encode_buffer();
+            let id = crate::core::new_request_id();
+            std::sync::Arc::from(&*id.hyphenated().encode_lower(&mut buf))
+        }
+    };
     let key = text("authorization")
         .map(|v| {
             v.strip_prefix("Bearer ")
@@ -86,6 +91,10 @@ fn put(md: &mut MetadataMap, key: &'static str, value: String) {
     }
 }
 
+/// A name known at compile time: inserting by `&str` copied the name into a new allocation on
+/// every answer.
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 /// Response metadata: the request id, and where the answer came from (the HTTP door's
 /// `x-litellm-*` headers, from the same core function).
 fn respond<T>(msg: T, request_id: &str, by: Option<&ServedBy>) -> Response<T> {
@@ -93,7 +102,7 @@ fn respond<T>(msg: T, request_id: &str, by: Option<&ServedBy>) -> Response<T> {
     if let Ok(mut v) = http::HeaderValue::from_str(request_id) {
         // Unique per call: an HPACK literal, not a table entry (see `ServedBy::headers`).
         v.set_sensitive(true);
-        headers.insert("x-request-id", v);
+        headers.insert(X_REQUEST_ID, v);
     }
     let mut resp = Response::new(msg);
     *resp.metadata_mut() = MetadataMap::from_headers(headers);
