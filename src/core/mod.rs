@@ -82,6 +82,13 @@ pub fn new_request_id() -> uuid::Uuid {
     uuid::Uuid::new_v7(uuid::Timestamp::now(uuid::NoContext))
 }
 
+/// A [`new_request_id`] as text, written on the stack and handed to `f` (each door keeps it
+/// in its own form: a header value, an `Arc<str>`), not through the formatter into a string.
+pub fn with_new_request_id<R>(f: impl FnOnce(&str) -> R) -> R {
+    let mut buf = uuid::Uuid::encode_buffer();
+    f(new_request_id().hyphenated().encode_lower(&mut buf))
+}
+
 /// What a door knows about a request besides its body.
 #[derive(Debug, Clone)]
 pub struct RequestContext {

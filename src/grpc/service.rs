@@ -62,12 +62,7 @@ pub(crate) fn context(md: &MetadataMap) -> RequestContext {
     let text = |k: &str| md.get(k).and_then(|v| v.to_str().ok()).map(str::trim);
     let request_id = match text("x-request-id").filter(|s| !s.is_empty()) {
         Some(id) => std::sync::Arc::from(id),
-        // Written on the stack: `to_string` went through the formatter into a growing string.
-        None => {
-            let mut buf = uuid::Uuid::encode_buffer();
-            let id = crate::core::new_request_id();
-            std::sync::Arc::from(&*id.hyphenated().encode_lower(&mut buf))
-        }
+        None => crate::core::with_new_request_id(|id| std::sync::Arc::from(id)),
     };
     let key = text("authorization")
         .map(|v| {

@@ -87,14 +87,12 @@ pub fn router(gateway: Gateway, opts: &HttpOptions) -> Router {
         .layer(SetRequestIdLayer::x_request_id(NewRequestId))
 }
 
-/// A new request id ([`crate::core::new_request_id`]) as the header value both HTTP paths
+/// A new request id ([`crate::core::with_new_request_id`]) as the header value both HTTP paths
 /// (the router's layer and the direct chat route) answer with.
 pub(crate) fn new_request_id_header() -> HeaderValue {
-    let mut buf = uuid::Uuid::encode_buffer();
-    let text = crate::core::new_request_id()
-        .hyphenated()
-        .encode_lower(&mut buf);
-    HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static(""))
+    crate::core::with_new_request_id(|text| {
+        HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static(""))
+    })
 }
 
 /// Request ids for requests that come without one, on the router's routes.
