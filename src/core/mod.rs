@@ -262,10 +262,10 @@ impl ResponseHeaders {
 }
 
 /// A value that differs on every answer, marked so HTTP/2 (the gRPC door) sends it as a
-/// literal instead of churning its HPACK table with values that never repeat. The formatted
-/// string becomes the value as it is (no second copy).
-fn per_answer(value: String) -> Option<http::HeaderValue> {
-    let mut v = http::HeaderValue::try_from(value).ok()?;
+/// literal instead of churning its HPACK table with values that never repeat. A formatted
+/// string becomes the value as it is (no second copy); bytes are copied once.
+fn per_answer<V: TryInto<http::HeaderValue>>(value: V) -> Option<http::HeaderValue> {
+    let mut v = value.try_into().ok()?;
     v.set_sensitive(true);
     Some(v)
 }
@@ -304,16 +304,14 @@ fn cost_value(cost: f64) -> Option<http::HeaderValue> {
     use std::io::Write as _;
     let mut buf = [0u8; 48];
     let mut out = std::io::Cursor::new(&mut buf[..]);
-    let mut v = match write!(out, "{cost}") {
+    match write!(out, "{cost}") {
         Ok(()) => {
             let len = usize::try_from(out.position()).unwrap_or(0);
-            http::HeaderValue::from_bytes(buf.get(..len)?).ok()?
+            per_answer(buf.get(..len)?)
         }
         // Longer than the buffer (tiny or huge values written without an exponent).
-        Err(_) => http::HeaderValue::try_from(cost.to_string()).ok()?,
-    };
-    v.set_sensitive(true);
-    Some(v)
+        Err(_) => per_answer(cost.to_string()),
+    }
 }
 
 /// An answer and where it came from.
