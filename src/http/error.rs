@@ -64,11 +64,12 @@ impl<S: Send + Sync> FromRequest<S> for Body {
 /// router, whose `DefaultBodyLimit` layer is what [`Body`] reads its limit from).
 pub(crate) async fn read_body(body: axum::body::Body, limit: usize) -> Result<Bytes, HttpError> {
     use http_body_util::{LengthLimitError, Limited};
-    match crate::body::collect(Limited::new(body, limit)).await {
-        Ok(bytes) => Ok(bytes),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(e) => Err(unreadable(e)),
-    }
+    crate::body::collect(Limited::new(body, limit))
+        .await
+        .map_err(|e| match e.downcast_ref::<LengthLimitError>() {
+            Some(_) => too_large(),
+            None => unreadable(e),
+        })
 }
 
 fn too_large() -> HttpError {
