@@ -29,6 +29,14 @@ pub enum Role {
 }
 
 impl Role {
+    pub const ALL: [Role; 5] = [
+        Role::System,
+        Role::Developer,
+        Role::User,
+        Role::Assistant,
+        Role::Tool,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Role::System => "system",
@@ -49,17 +57,15 @@ impl fmt::Display for Role {
 impl FromStr for Role {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
-        match s {
-            "system" => Ok(Role::System),
-            "developer" => Ok(Role::Developer),
-            "user" => Ok(Role::User),
-            "assistant" => Ok(Role::Assistant),
-            "tool" => Ok(Role::Tool),
-            other => Err(Error::bad_request(format!(
-                "invalid role {other:?}: expected one of system, developer, user, assistant, tool"
-            ))
-            .with_param("messages.role")),
-        }
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| {
+                Error::bad_request(format!(
+                    "invalid role {s:?}: expected one of system, developer, user, assistant, tool"
+                ))
+                .with_param("messages.role")
+            })
     }
 }
 
@@ -307,6 +313,13 @@ pub enum FinishReason {
 }
 
 impl FinishReason {
+    pub const ALL: [FinishReason; 4] = [
+        FinishReason::Stop,
+        FinishReason::Length,
+        FinishReason::ToolCalls,
+        FinishReason::ContentFilter,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             FinishReason::Stop => "stop",

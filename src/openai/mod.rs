@@ -17,20 +17,12 @@ use serde_json::{Map, Value};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Token(Cow<'static, str>);
 
-/// The words [`Token`] keeps without allocating.
-const KNOWN_TOKENS: &[&str] = &[
+/// The words [`Token`] keeps without allocating besides the core's roles and finish reasons:
+/// the answers' object names and OpenAI's legacy function-calling words.
+const WIRE_WORDS: [&str; 4] = [
     "chat.completion",
     "chat.completion.chunk",
-    "assistant",
-    "user",
-    "system",
-    "developer",
-    "tool",
     "function",
-    "stop",
-    "length",
-    "tool_calls",
-    "content_filter",
     "function_call",
 ];
 
@@ -40,7 +32,14 @@ impl Token {
     }
 
     fn known(s: &str) -> Option<&'static str> {
-        KNOWN_TOKENS.iter().copied().find(|k| *k == s)
+        use crate::core::types::{FinishReason, Role};
+        let roles = Role::ALL.map(Role::as_str);
+        let reasons = FinishReason::ALL.map(FinishReason::as_str);
+        roles
+            .into_iter()
+            .chain(reasons)
+            .chain(WIRE_WORDS)
+            .find(|k| *k == s)
     }
 }
 
