@@ -19,6 +19,28 @@ use super::error::{Error, ErrorKind};
 use crate::config::Secret;
 use crate::store::{KeyRecord, Store, StoreError, hash_key};
 
+/// The key a request presents, read the same way from an HTTP request's headers and a gRPC
+/// call's metadata (HTTP/2 headers too): `Authorization: Bearer <key>` (or the bare key), else
+/// `x-api-key: <key>`. A value that is not visible ASCII counts as absent.
+pub fn presented_key(headers: &http::HeaderMap) -> Option<String> {
+    const X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
+    let text = |name: &http::HeaderName| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    text(&http::header::AUTHORIZATION)
+        .map(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+                .unwrap_or(v)
+                .trim()
+        })
+        .or_else(|| text(&X_API_KEY))
+        .map(str::to_string)
+}
+
 /// The caller of a request.
 #[derive(Debug, Clone)]
 pub enum Principal {
@@ -315,6 +337,45 @@ impl Auth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn headers(pairs: &[(&'static str, &[u8])]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for (name, value) in pairs {
+            h.append(*name, http::HeaderValue::from_bytes(value).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn presented_key_reads_bearer_then_x_api_key() {
+        let key = |pairs: &[(&'static str, &[u8])]| presented_key(&headers(pairs));
+        assert_eq!(
+            key(&[("authorization", b"Bearer sk-1")]).as_deref(),
+            Some("sk-1")
+        );
+        assert_eq!(
+            key(&[("authorization", b"bearer  sk-1 ")]).as_deref(),
+            Some("sk-1")
+        );
+        assert_eq!(
+            key(&[("authorization", b"sk-bare")]).as_deref(),
+            Some("sk-bare")
+        );
+        assert_eq!(key(&[("x-api-key", b" sk-2 ")]).as_deref(), Some("sk-2"));
+        // Authorization wins over x-api-key.
+        let both = [
+            ("authorization", &b"Bearer sk-1"[..]),
+            ("x-api-key", b"sk-2"),
+        ];
+        assert_eq!(key(&both).as_deref(), Some("sk-1"));
+        // An Authorization value that is not visible ASCII is as if absent.
+        let odd = [
+            ("authorization", &b"Bearer \xe9"[..]),
+            ("x-api-key", b"sk-2"),
+        ];
+        assert_eq!(key(&odd).as_deref(), Some("sk-2"));
+        assert_eq!(key(&[]), None);
+    }
 
     #[test]
     fn key_comparison_is_exact() {

@@ -82,6 +82,9 @@ pub fn new_request_id() -> uuid::Uuid {
     uuid::Uuid::new_v7(uuid::Timestamp::now(uuid::NoContext))
 }
 
+/// The header (HTTP) and metadata key (gRPC) that carries a request's id, both ways.
+pub const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 /// A [`new_request_id`] as text, written on the stack and handed to `f` (each door keeps it
 /// in its own form: a header value, an `Arc<str>`), not through the formatter into a string.
 pub fn with_new_request_id<R>(f: impl FnOnce(&str) -> R) -> R {

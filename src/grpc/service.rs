@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use super::pb;
 use super::pb::ai_api_service_server::AiApiService;
 use crate::core::types::{ChatRequest, EmbeddingRequest, ImageRequest};
-use crate::core::{ChatStream, Door, Gateway, RequestContext, Served, ServedBy};
+use crate::core::{ChatStream, Door, Gateway, RequestContext, Served, ServedBy, X_REQUEST_ID};
 use crate::workers::Workers;
 
 /// The service over the core.
@@ -59,22 +59,23 @@ pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
 }
 
 pub(crate) fn context(md: &MetadataMap) -> RequestContext {
-    let text = |k: &str| md.get(k).and_then(|v| v.to_str().ok()).map(str::trim);
-    let request_id = match text("x-request-id").filter(|s| !s.is_empty()) {
+    const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+    // The metadata's own headers, read by constant names (a `&str` key is parsed on every
+    // lookup).
+    let headers = md.as_ref();
+    let text = |name: &http::HeaderName| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let request_id = match text(&X_REQUEST_ID).filter(|s| !s.is_empty()) {
         Some(id) => std::sync::Arc::from(id),
         None => crate::core::with_new_request_id(|id| std::sync::Arc::from(id)),
     };
-    let key = text("authorization")
-        .map(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-                .unwrap_or(v)
-                .trim()
-                .to_string()
-        })
-        .or_else(|| text("x-api-key").map(str::to_string));
+    let key = crate::core::auth::presented_key(headers);
     let mut ctx = RequestContext::new(Door::Grpc, request_id, key);
-    ctx.deadline = text("grpc-timeout")
+    ctx.deadline = text(&GRPC_TIMEOUT)
         .and_then(parse_grpc_timeout)
         .map(|d| tokio::time::Instant::now() + d);
     ctx
@@ -85,10 +86,6 @@ fn put(md: &mut MetadataMap, key: &'static str, value: String) {
         md.insert(key, v);
     }
 }
-
-/// A name known at compile time: inserting by `&str` copied the name into a new allocation on
-/// every answer.
-const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// Response metadata: the request id, and where the answer came from (the HTTP door's
 /// `x-litellm-*` headers, from the same core function).

@@ -10,7 +10,7 @@ use super::error::{Body, HttpError, parse_json};
 use super::sse;
 use crate::core::error::Error;
 use crate::core::types::{ChatRequest, EmbeddingRequest, ImageRequest};
-use crate::core::{Door, Gateway, RequestContext, ServedBy};
+use crate::core::{Door, Gateway, RequestContext, ServedBy, X_REQUEST_ID};
 use crate::openai::{
     self as wire, ChatCompletion, ChatCompletionRequest, EmbeddingRequest as WireEmbeddingRequest,
     ImageGenerationRequest, ImagesResponse, ModelList,
@@ -25,23 +25,7 @@ pub(crate) fn context(headers: &HeaderMap) -> RequestContext {
         .get(X_REQUEST_ID)
         .map(|v| std::sync::Arc::from(String::from_utf8_lossy(v.as_bytes())))
         .unwrap_or_default();
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim())
-        .map(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-                .unwrap_or(v)
-                .trim()
-                .to_string()
-        });
-    let key = bearer.or_else(|| {
-        headers
-            .get("x-api-key")
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.trim().to_string())
-    });
+    let key = crate::core::auth::presented_key(headers);
     RequestContext::new(Door::Http, request_id, key)
 }
 
@@ -130,8 +114,6 @@ pub(crate) async fn chat_direct(
     resp.headers_mut().entry(X_REQUEST_ID).or_insert(id);
     resp
 }
-
-const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 async fn chat(
     gw: Gateway,
