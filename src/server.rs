@@ -203,15 +203,7 @@ fn serve_doors(
     );
     let mut done = Vec::with_capacity(workers);
     let (mut to_http, mut to_grpc) = (Vec::new(), Vec::new());
-    let runtimes = (0..workers)
-        .map(|_| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(ServeError::Http)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    pool.install(runtimes.iter().map(|rt| rt.handle().clone()).collect());
+    let runtimes = pool.build(workers).map_err(ServeError::Http)?;
     // A worker whose own connections have drained keeps running until all have: calls moved
     // to it from another worker's connection finish there.
     let all_drained = Arc::new(tokio::sync::Barrier::new(workers));
