@@ -16,7 +16,7 @@
 //!   reflection. Doors only extract, convert, call the core and convert back.
 //! - [`config`]: LiteLLM's `config.yaml`, checked and resolved into a runtime config.
 //! - [`server`]: runs both doors on bound listeners until shutdown, on per-core workers
-//!   ([`workers`]: which worker a thread is, moving a gRPC call to a less busy one);
+//!   ([`workers`]: which worker a thread is, moving a gRPC call off a saturated one);
 //!   [`cli`]: the command line; [`telemetry`]: logging.
 
 mod body;

@@ -8,7 +8,7 @@
 //! the same upstream: 7.3-7.9k req/s on one multi-threaded runtime, 10.6-11.4k this way).
 //! Connections are accepted on the shared runtime and handed to the workers in turn, so
 //! long-lived client connections spread evenly (a worker keeps a connection for its life; a
-//! gRPC call may still run on a less busy worker, `crate::workers`). The
+//! gRPC call may still run on another worker when its own is saturated, `crate::workers`). The
 //! shared multi-threaded runtime also keeps the background work (spend writer, database,
 //! health watch). `AI_API_HTTP_WORKERS` sets the number of workers.
 
