@@ -7,10 +7,11 @@
 //! run a call's work (translation, the provider call) on another worker, but only once the
 //! connection's worker is saturated — its thread used 99 % or more of a core over its last
 //! [`WINDOW`] — and the other worker is not, with at least two calls fewer in flight; the
-//! connection's framing stays where it is. A moved call costs more than one served in place (the hand-off wakes the other
-//! thread, and its answer wakes this one again; measured here, a quarter more CPU per call),
-//! so calls move only when the connection's own worker cannot keep up. With connections
-//! already balanced, or a worker with time to spare, calls stay where they arrived.
+//! connection's framing stays where it is. A moved call costs more than one served in place
+//! (the hand-off wakes the other thread, and its answer wakes this one again; measured on the
+//! bench machine, a quarter more CPU per call), so calls move only when the connection's own
+//! worker cannot keep up. With connections already balanced, or a worker with time to spare,
+//! calls stay where they arrived.
 
 use std::cell::Cell;
 use std::future::Future;
