@@ -267,7 +267,7 @@ impl ResponseHeaders {
 /// A value that differs on every answer, marked so HTTP/2 (the gRPC door) sends it as a
 /// literal instead of churning its HPACK table with values that never repeat. A formatted
 /// string becomes the value as it is (no second copy); bytes are copied once.
-fn per_answer<V: TryInto<http::HeaderValue>>(value: V) -> Option<http::HeaderValue> {
+pub(crate) fn per_answer<V: TryInto<http::HeaderValue>>(value: V) -> Option<http::HeaderValue> {
     let mut v = value.try_into().ok()?;
     v.set_sensitive(true);
     Some(v)

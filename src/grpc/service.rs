@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt, stream};
-use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use super::pb;
@@ -81,9 +81,11 @@ pub(crate) fn context(md: &MetadataMap) -> RequestContext {
     ctx
 }
 
-fn put(md: &mut MetadataMap, key: &'static str, value: String) {
-    if let Ok(v) = MetadataValue::try_from(value) {
-        md.insert(key, v);
+/// The call's request id in its answer's metadata, a value unique per call like the core's
+/// other per-answer values (an HPACK literal, not a table entry).
+fn set_request_id(headers: &mut http::HeaderMap, request_id: &str) {
+    if let Some(v) = crate::core::per_answer(request_id) {
+        headers.insert(X_REQUEST_ID, v);
     }
 }
 
@@ -91,11 +93,7 @@ fn put(md: &mut MetadataMap, key: &'static str, value: String) {
 /// `x-litellm-*` headers, from the same core function).
 fn respond<T>(msg: T, request_id: &str, by: Option<&ServedBy>) -> Response<T> {
     let mut headers = by.map_or_else(http::HeaderMap::new, |by| by.headers(Some(by.cost_usd)));
-    if let Ok(mut v) = http::HeaderValue::from_str(request_id) {
-        // Unique per call: an HPACK literal, not a table entry (see `ServedBy::headers`).
-        v.set_sensitive(true);
-        headers.insert(X_REQUEST_ID, v);
-    }
+    set_request_id(&mut headers, request_id);
     let mut resp = Response::new(msg);
     *resp.metadata_mut() = MetadataMap::from_headers(headers);
     resp
@@ -120,7 +118,7 @@ where
 
 fn status(e: crate::core::error::Error, request_id: &str) -> Status {
     let mut s = Status::from(e);
-    put(s.metadata_mut(), "x-request-id", request_id.to_string());
+    set_request_id(s.metadata_mut().as_mut(), request_id);
     s
 }
 
