@@ -94,6 +94,11 @@ impl Load {
     /// The unpark hook.
     fn unparked(&self) {
         self.parked.store(false, Ordering::Relaxed);
+        self.tick_now();
+    }
+
+    /// [`Load::tick`] with the clocks read now.
+    fn tick_now(&self) {
         self.tick(self.now(), thread_cpu_micros);
     }
 
@@ -223,7 +228,7 @@ impl Workers {
         let Some(local) = workers.get(here) else {
             return Ok(work.await);
         };
-        local.load.tick(local.load.now(), thread_cpu_micros);
+        local.load.tick_now();
         let load = |i: usize| {
             workers.get(i).map_or((true, usize::MAX), |w| {
                 (w.load.saturated(), w.in_flight.load(Ordering::Relaxed))
@@ -238,7 +243,7 @@ impl Workers {
         let task = workers[to].handle.spawn(async move {
             let _counted = counted;
             // A worker busy with moved calls alone may not park for a while: judge it here too.
-            there.tick(there.now(), thread_cpu_micros);
+            there.tick_now();
             work.await
         });
         Remote(task).await
