@@ -62,7 +62,8 @@ impl FromStr for Role {
             .find(|r| r.as_str() == s)
             .ok_or_else(|| {
                 Error::bad_request(format!(
-                    "invalid role {s:?}: expected one of system, developer, user, assistant, tool"
+                    "invalid role {s:?}: expected one of {}",
+                    Role::ALL.map(Role::as_str).join(", ")
                 ))
                 .with_param("messages.role")
             })
