@@ -24,20 +24,14 @@ use crate::store::{KeyRecord, Store, StoreError, hash_key};
 /// `x-api-key: <key>`. A value that is not visible ASCII counts as absent.
 pub fn presented_key(headers: &http::HeaderMap) -> Option<String> {
     const X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
-    let text = |name: &http::HeaderName| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
-    text(&http::header::AUTHORIZATION)
+    super::header_text(headers, &http::header::AUTHORIZATION)
         .map(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
                 .unwrap_or(v)
                 .trim()
         })
-        .or_else(|| text(&X_API_KEY))
+        .or_else(|| super::header_text(headers, &X_API_KEY))
         .map(str::to_string)
 }
 

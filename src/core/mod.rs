@@ -85,6 +85,17 @@ pub fn new_request_id() -> uuid::Uuid {
 /// The header (HTTP) and metadata key (gRPC) that carries a request's id, both ways.
 pub const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
+/// A header's value as trimmed text, if it is visible ASCII (HTTP headers, gRPC metadata).
+pub(crate) fn header_text<'a>(
+    headers: &'a http::HeaderMap,
+    name: &http::HeaderName,
+) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
 /// A [`new_request_id`] as text, written on the stack and handed to `f` (each door keeps it
 /// in its own form: a header value, an `Arc<str>`), not through the formatter into a string.
 pub fn with_new_request_id<R>(f: impl FnOnce(&str) -> R) -> R {

@@ -63,19 +63,14 @@ pub(crate) fn context(md: &MetadataMap) -> RequestContext {
     // The metadata's own headers, read by constant names (a `&str` key is parsed on every
     // lookup).
     let headers = md.as_ref();
-    let text = |name: &http::HeaderName| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
-    let request_id = match text(&X_REQUEST_ID).filter(|s| !s.is_empty()) {
-        Some(id) => std::sync::Arc::from(id),
-        None => crate::core::with_new_request_id(|id| std::sync::Arc::from(id)),
-    };
+    let request_id =
+        match crate::core::header_text(headers, &X_REQUEST_ID).filter(|s| !s.is_empty()) {
+            Some(id) => std::sync::Arc::from(id),
+            None => crate::core::with_new_request_id(|id| std::sync::Arc::from(id)),
+        };
     let key = crate::core::auth::presented_key(headers);
     let mut ctx = RequestContext::new(Door::Grpc, request_id, key);
-    ctx.deadline = text(&GRPC_TIMEOUT)
+    ctx.deadline = crate::core::header_text(headers, &GRPC_TIMEOUT)
         .and_then(parse_grpc_timeout)
         .map(|d| tokio::time::Instant::now() + d);
     ctx
