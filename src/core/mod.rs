@@ -356,6 +356,10 @@ pub struct Gateway {
 /// Takes the gateway's own parameters out of a request's pass-through map.
 fn take_overrides(extra: &mut BTreeMap<String, Value>) -> Result<RouteOverrides, Error> {
     let mut o = RouteOverrides::default();
+    // Most requests carry nothing beyond OpenAI's own fields: no lookups, no removals.
+    if extra.is_empty() {
+        return Ok(o);
+    }
     if let Some(v) = extra.get("fallbacks").filter(|v| !v.is_null()) {
         let list = v
             .as_array()
