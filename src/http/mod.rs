@@ -8,7 +8,6 @@ pub mod handlers;
 pub mod sse;
 
 use std::convert::Infallible;
-use std::future::{Ready, ready};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -17,7 +16,6 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::HeaderValue;
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::serve::{IncomingStream, Listener};
 use futures_util::future::{BoxFuture, Either};
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
@@ -169,20 +167,5 @@ impl tower::Service<Request> for Door {
         } else {
             Either::Right(self.router.call(req))
         }
-    }
-}
-
-/// `axum::serve` asks for a service per connection: the door itself.
-impl<L: Listener> tower::Service<IncomingStream<'_, L>> for Door {
-    type Response = Door;
-    type Error = Infallible;
-    type Future = Ready<Result<Door, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _conn: IncomingStream<'_, L>) -> Self::Future {
-        ready(Ok(self.clone()))
     }
 }
