@@ -112,7 +112,7 @@ fn under_cpu_quota(cpu_max: Option<&str>, cfs_quota_us: Option<&str>) -> bool {
 /// The default of `AI_API_SPIN_US`.
 pub const DEFAULT_SPIN_US: u64 = 100;
 
-/// Connections handed to one worker, as a listener its servers accept from.
+/// Connections handed to one worker, which its two servers take them from.
 struct Handoff {
     rx: mpsc::UnboundedReceiver<std::net::TcpStream>,
 }
