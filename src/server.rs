@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::Config;
 use crate::core::router::{Clock, SystemClock};
 use crate::core::{Deps, Gateway};
+use crate::http::deadline::{Connections, Deadlines, Tracked, Watched};
 use crate::http::{Door, HttpOptions};
 use crate::store::{SpendWriter, SpendWriterOptions, Store};
 use crate::workers::Workers;
@@ -40,6 +41,8 @@ pub struct ServeOptions {
     pub database_url: Option<String>,
     /// Where the SQLite database lives (`AI_API_DATA_DIR`, default `./data`).
     pub data_dir: PathBuf,
+    /// How long the HTTP door waits for a request head, and on an idle keep-alive connection.
+    pub http_deadlines: Deadlines,
 }
 
 impl ServeOptions {
@@ -50,6 +53,7 @@ impl ServeOptions {
             clock: Arc::new(SystemClock),
             database_url: None,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            http_deadlines: Deadlines::default(),
         }
     }
 }
@@ -171,8 +175,15 @@ async fn hand_out(
 /// Serves the HTTP door on the connections handed to this worker until `stop`, then lets the
 /// open connections finish their requests: what `axum::serve` does, on hyper's builder so the
 /// HTTP/1 server writes flat — an answer's head and body leave in one `write` from one buffer,
-/// which for a small JSON answer costs less than hyper's queue of buffers for `writev`.
-async fn serve_http(mut conns: Handoff, door: Door, stop: watch::Receiver<bool>) {
+/// which for a small JSON answer costs less than hyper's queue of buffers for `writev`. The
+/// worker also closes its connections that keep it waiting for a request ([`Deadlines`]),
+/// while it serves and while it drains.
+async fn serve_http(
+    mut conns: Handoff,
+    door: Door,
+    deadlines: Deadlines,
+    stop: watch::Receiver<bool>,
+) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use hyper_util::server::conn::auto;
     use tower::ServiceExt;
@@ -180,21 +191,27 @@ async fn serve_http(mut conns: Handoff, door: Door, stop: watch::Receiver<bool>)
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().writev(false);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut watched = Connections::default();
+    let mut sweep = tokio::time::interval(deadlines.sweep_every());
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stopped = until_true(stop);
     tokio::pin!(stopped);
     loop {
         let tcp = tokio::select! {
             () = &mut stopped => break,
+            _ = sweep.tick(), if !watched.is_empty() => {
+                watched.sweep(&deadlines);
+                continue;
+            }
             tcp = conns.next() => tcp,
         };
-        let service = door
-            .clone()
-            .map_request(|req: http::Request<hyper::body::Incoming>| {
-                req.map(axum::body::Body::new)
-            });
+        let watch = watched.add();
+        let service = Tracked::new(door.clone(), Arc::clone(&watch)).map_request(
+            |req: http::Request<hyper::body::Incoming>| req.map(axum::body::Body::new),
+        );
         let conn = builder
             .serve_connection_with_upgrades(
-                TokioIo::new(tcp),
+                TokioIo::new(Watched::new(tcp, watch)),
                 hyper_util::service::TowerToHyperService::new(service),
             )
             .into_owned();
@@ -205,7 +222,14 @@ async fn serve_http(mut conns: Handoff, door: Door, stop: watch::Receiver<bool>)
             }
         });
     }
-    graceful.shutdown().await;
+    let drained = graceful.shutdown();
+    tokio::pin!(drained);
+    loop {
+        tokio::select! {
+            () = &mut drained => break,
+            _ = sweep.tick() => watched.sweep(&deadlines),
+        }
+    }
 }
 
 /// Starts `workers` threads, each a single-threaded runtime serving both doors on the
@@ -214,7 +238,7 @@ async fn serve_http(mut conns: Handoff, door: Door, stop: watch::Receiver<bool>)
 fn serve_doors(
     http: TcpListener,
     grpc: TcpListener,
-    app: Door,
+    (app, deadlines): (Door, Deadlines),
     services: crate::grpc::Services,
     (workers, pool): (usize, &Workers),
     stop: &watch::Receiver<bool>,
@@ -246,7 +270,7 @@ fn serve_doors(
                         tokio::spawn(crate::workers::spin::spinner(window));
                     }
                     let http = async {
-                        serve_http(http, app, stop.clone()).await;
+                        serve_http(http, app, deadlines, stop.clone()).await;
                         Ok::<(), ServeError>(())
                     };
                     let incoming = futures_util::stream::unfold(grpc, |mut g| async move {
@@ -331,7 +355,14 @@ pub async fn serve(
     .await
     .map_err(|e| ServeError::Start(e.to_string()))?;
 
-    let mut doors_task = serve_doors(http, grpc, app, services, (workers, &pool), &stop_rx)?;
+    let mut doors_task = serve_doors(
+        http,
+        grpc,
+        (app, opts.http_deadlines),
+        services,
+        (workers, &pool),
+        &stop_rx,
+    )?;
 
     let joined = |r: Result<Result<(), ServeError>, tokio::task::JoinError>| match r {
         Ok(r) => r,

@@ -714,3 +714,112 @@ async fn every_route_answers_with_a_request_id() {
         "a new UUIDv7: {id}"
     );
 }
+
+/// Short deadlines for the tests below: a head within 300 ms, 600 ms of keep-alive idleness.
+async fn setup_with_deadlines() -> (FakeOpenAi, support::TestGateway) {
+    let fake = FakeOpenAi::start().await;
+    let yaml = openai_config(&fake.base, &[("gpt-4o-mini", "gpt-4o-mini")], "");
+    let gw = support::start_tuned_with(&yaml, |o| {
+        o.http_deadlines = ai_api::http::deadline::Deadlines {
+            head: Duration::from_millis(300),
+            idle: Duration::from_millis(600),
+        };
+    })
+    .await;
+    (fake, gw)
+}
+
+/// Reads until the server closes the connection (end of file or reset) and returns what came,
+/// or panics if it is still open after `within`.
+async fn read_until_closed(tcp: &mut tokio::net::TcpStream, within: Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let got = String::from_utf8_lossy(&got).into_owned();
+    assert!(read.is_ok(), "the connection is still open: {got:?}");
+    got
+}
+
+#[tokio::test]
+async fn a_client_that_never_completes_a_request_head_is_disconnected() {
+    use tokio::io::AsyncWriteExt;
+    let (_fake, gw) = setup_with_deadlines().await;
+
+    // Half a head, then nothing (slowloris).
+    let started = std::time::Instant::now();
+    let mut half = tokio::net::TcpStream::connect(gw.http_addr).await.unwrap();
+    half.write_all(b"POST /ai-api/v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // A connection that never says anything at all.
+    let mut silent = tokio::net::TcpStream::connect(gw.http_addr).await.unwrap();
+    let got = read_until_closed(&mut half, Duration::from_secs(5)).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "closed before its deadline: {:?}",
+        started.elapsed()
+    );
+    assert!(!got.contains("200 OK"), "{got}");
+    read_until_closed(&mut silent, Duration::from_secs(5)).await;
+
+    // The door still serves.
+    assert_eq!(
+        post(&gw, "/v1/chat/completions", &chat_body(false))
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_its_answer() {
+    use tokio::io::AsyncWriteExt;
+    let (_fake, gw) = setup_with_deadlines().await;
+    let mut tcp = tokio::net::TcpStream::connect(gw.http_addr).await.unwrap();
+    tcp.write_all(b"GET /ai-api/health/liveliness HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // The answer comes, then the connection is closed once idle for longer than allowed.
+    let got = read_until_closed(&mut tcp, Duration::from_secs(5)).await;
+    assert!(got.starts_with("HTTP/1.1 200 OK"), "{got}");
+    assert!(got.ends_with("\"I'm alive!\""), "{got}");
+}
+
+#[tokio::test]
+async fn deadlines_never_cut_a_request_in_flight() {
+    let (fake, gw) = setup_with_deadlines().await;
+
+    // A provider slower than both deadlines.
+    fake.set(Behavior::Delay(Duration::from_millis(900)));
+    let resp = post(&gw, "/v1/chat/completions", &chat_body(false)).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.text().await.unwrap().contains("Hello there"));
+
+    // A stream that lasts longer than both: its chunks keep coming while the client sends
+    // nothing.
+    fake.set(Behavior::EndlessStream);
+    let mut resp = post(&gw, "/v1/chat/completions", &chat_body(true)).await;
+    assert_eq!(resp.status(), 200);
+    let started = std::time::Instant::now();
+    let mut late = 0usize;
+    while started.elapsed() < Duration::from_millis(1500) {
+        let chunk = tokio::time::timeout(Duration::from_secs(2), resp.chunk())
+            .await
+            .expect("the stream stalled")
+            .expect("the stream was cut");
+        assert!(chunk.is_some(), "the stream ended");
+        if started.elapsed() > Duration::from_millis(1000) {
+            late += 1;
+        }
+    }
+    assert!(late > 0, "no chunk after the deadlines had passed");
+}

@@ -3,6 +3,7 @@
 //! call the core and convert back; no provider code lives here.
 
 pub mod admin;
+pub mod deadline;
 pub mod error;
 pub mod handlers;
 pub mod sse;

@@ -112,6 +112,28 @@ pub async fn start_on(
     database_url: Option<String>,
     data_dir: Option<std::path::PathBuf>,
 ) -> TestGateway {
+    start_tuned(yaml, env, root, (clock, database_url, data_dir), |_| {}).await
+}
+
+/// Starts the gateway on `yaml` at `/ai-api` with the server's options changed by `tune`.
+pub async fn start_tuned_with(yaml: &str, tune: impl FnOnce(&mut ServeOptions)) -> TestGateway {
+    start_tuned(
+        yaml,
+        &[],
+        "/ai-api",
+        (Arc::new(SystemClock), None, None),
+        tune,
+    )
+    .await
+}
+
+async fn start_tuned(
+    yaml: &str,
+    env: &[(&str, &str)],
+    root: &str,
+    (clock, database_url, data_dir): (Arc<dyn Clock>, Option<String>, Option<std::path::PathBuf>),
+    tune: impl FnOnce(&mut ServeOptions),
+) -> TestGateway {
     let env: HashMap<String, String> = env
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -135,6 +157,7 @@ pub async fn start_on(
         (None, None) => unreachable!(),
     };
     opts.database_url = database_url;
+    tune(&mut opts);
     let config = loaded.config;
     let task = tokio::spawn(async move {
         serve(&config, http, grpc, opts, async {

@@ -1,0 +1,434 @@
+//! Deadlines for the HTTP door's connections, so that a client cannot hold one (and its task
+//! and socket) forever by saying nothing: a request head must be complete within
+//! [`Deadlines::head`] of the connection opening or of its first byte after the last answer,
+//! and a keep-alive connection with no request in flight is closed after [`Deadlines::idle`].
+//! A request being served (its answer streaming included) is never cut by either.
+//!
+//! hyper has a header-read timeout of its own, but it needs a timer on the builder and builds a
+//! boxed sleep for every request head: +1.5k instructions a request (docs/performance.md,
+//! fifteenth round). Here each connection carries a few atomics that its reads and its
+//! requests update, and each worker looks over its own connections a few times a second on a
+//! coarse clock; an overdue connection reads end-of-file and hyper closes it.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock, Weak};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use bytes::Bytes;
+use futures_util::task::AtomicWaker;
+use http::{Request, Response};
+use hyper::body::{Body as _, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// How long the HTTP door waits for a client that sends nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// From a connection's opening, or from the first byte of a request head after an answer,
+    /// to the head's end (hyper's default header-read timeout).
+    pub head: Duration,
+    /// From the end of the last answer to the next request's first byte (nginx's keep-alive
+    /// timeout: longer than clients keep idle connections, so a client does not reuse one the
+    /// moment it is closed).
+    pub idle: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            head: Duration::from_secs(30),
+            idle: Duration::from_secs(75),
+        }
+    }
+}
+
+impl Deadlines {
+    /// How often a worker looks over its connections: a tenth of the shorter deadline,
+    /// between 10 ms and 1 s.
+    pub fn sweep_every(&self) -> Duration {
+        (self.head.min(self.idle) / 10).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+}
+
+/// The coarse clock: milliseconds since its first reading, as of the last sweep (of any
+/// worker), never 0 once a sweep has run.
+static NOW_MS: AtomicU64 = AtomicU64::new(0);
+
+fn now() -> u64 {
+    NOW_MS.load(Relaxed)
+}
+
+/// Advances the coarse clock and returns it.
+fn tick() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let elapsed = EPOCH.get_or_init(Instant::now).elapsed().as_millis();
+    let ms = u64::try_from(elapsed).unwrap_or(u64::MAX - 1) + 1;
+    NOW_MS.fetch_max(ms, Relaxed);
+    ms
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// One connection's state, shared by its socket (reads), its service (requests) and its
+/// worker's sweep.
+#[derive(Debug)]
+pub struct Watch {
+    /// Requests in flight; a streamed answer counts until its body ends.
+    busy: AtomicU32,
+    /// When the request head being read began (coarse ms); 0: none is being read.
+    head_at: AtomicU64,
+    /// When the connection last became free of requests (coarse ms).
+    idle_at: AtomicU64,
+    expired: AtomicBool,
+    /// The connection task, woken when the sweep expires it.
+    waker: AtomicWaker,
+}
+
+impl Watch {
+    fn new() -> Self {
+        let now = now().max(1);
+        // A new connection owes its first request head.
+        Watch {
+            busy: AtomicU32::new(0),
+            head_at: AtomicU64::new(now),
+            idle_at: AtomicU64::new(now),
+            expired: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+        }
+    }
+
+    /// Bytes arrived: with no request in flight they begin the next head.
+    fn read_some(&self) {
+        if self.busy.load(Relaxed) == 0 && self.head_at.load(Relaxed) == 0 {
+            self.head_at.store(now().max(1), Relaxed);
+        }
+    }
+
+    fn overdue(&self, now: u64, d: &Deadlines) -> bool {
+        if self.busy.load(Relaxed) != 0 {
+            return false;
+        }
+        match self.head_at.load(Relaxed) {
+            0 => now.saturating_sub(self.idle_at.load(Relaxed)) >= ms(d.idle),
+            head => now.saturating_sub(head) >= ms(d.head),
+        }
+    }
+
+    fn expire(&self) {
+        self.expired.store(true, Relaxed);
+        self.waker.wake();
+    }
+}
+
+/// A worker's connections, for its sweep.
+#[derive(Debug, Default)]
+pub struct Connections {
+    list: Vec<Weak<Watch>>,
+}
+
+impl Connections {
+    /// Watches a new connection.
+    pub fn add(&mut self) -> Arc<Watch> {
+        if self.list.is_empty() {
+            // The clock may have stood still while the worker had nothing to sweep.
+            tick();
+        }
+        let watch = Arc::new(Watch::new());
+        self.list.push(Arc::downgrade(&watch));
+        watch
+    }
+
+    /// Advances the clock, expires the overdue connections and forgets the closed ones.
+    pub fn sweep(&mut self, d: &Deadlines) {
+        let now = tick();
+        self.list.retain(|w| match w.upgrade() {
+            Some(c) => {
+                if c.overdue(now, d) {
+                    c.expire();
+                }
+                true
+            }
+            None => false,
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
+
+/// A connection's socket, reporting its reads to its [`Watch`]; once expired it reads
+/// end-of-file and refuses writes.
+#[derive(Debug)]
+pub struct Watched<T> {
+    io: T,
+    watch: Arc<Watch>,
+}
+
+impl<T> Watched<T> {
+    pub fn new(io: T, watch: Arc<Watch>) -> Self {
+        Watched { io, watch }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.watch.expired.load(Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        match polled {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => this.watch.read_some(),
+            Poll::Pending => this.watch.waker.register(cx.waker()),
+            _ => {}
+        }
+        polled
+    }
+}
+
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "the client sent nothing in time")
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.watch.expired.load(Relaxed) {
+            return Poll::Ready(Err(timed_out()));
+        }
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        if polled.is_pending() {
+            // An answer the client does not read keeps no request in flight (its body was
+            // whole): the sweep must be able to wake a connection stuck writing it.
+            this.watch.waker.register(cx.waker());
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.watch.expired.load(Relaxed) {
+            return Poll::Ready(Err(timed_out()));
+        }
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if polled.is_pending() {
+            this.watch.waker.register(cx.waker());
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// A request in flight on a watched connection, until dropped.
+#[derive(Debug)]
+struct Busy(Arc<Watch>);
+
+impl Busy {
+    fn new(watch: &Arc<Watch>) -> Self {
+        watch.busy.fetch_add(1, Relaxed);
+        watch.head_at.store(0, Relaxed);
+        Busy(Arc::clone(watch))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.idle_at.store(now(), Relaxed);
+        self.0.busy.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A connection's service, marking each request busy on its [`Watch`] until its answer is
+/// ready, or, for an answer whose length is not known (a stream), until its body ends.
+#[derive(Debug, Clone)]
+pub struct Tracked<S> {
+    inner: S,
+    watch: Arc<Watch>,
+}
+
+impl<S> Tracked<S> {
+    pub fn new(inner: S, watch: Arc<Watch>) -> Self {
+        Tracked { inner, watch }
+    }
+}
+
+impl<S, B> tower::Service<Request<B>> for Tracked<S>
+where
+    S: tower::Service<Request<B>, Response = Response<Body>>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = TrackedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        TrackedFuture {
+            busy: Some(Busy::new(&self.watch)),
+            answer: self.inner.call(req),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`Tracked`]'s answer.
+    #[derive(Debug)]
+    pub struct TrackedFuture<F> {
+        #[pin]
+        answer: F,
+        busy: Option<Busy>,
+    }
+}
+
+impl<F, E> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, E>>,
+{
+    type Output = Result<Response<Body>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let answer = ready!(this.answer.poll(cx));
+        let busy = this.busy.take();
+        Poll::Ready(answer.map(|resp| match busy {
+            Some(busy) if resp.body().size_hint().exact().is_none() => {
+                resp.map(|body| Body::new(Held { body, _busy: busy }))
+            }
+            _ => resp,
+        }))
+    }
+}
+
+/// A streamed answer's body, holding its request busy until it ends or is dropped.
+struct Held {
+    body: Body,
+    _busy: Busy,
+}
+
+impl hyper::body::Body for Held {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(busy: u32, head_at: u64, idle_at: u64) -> Watch {
+        let w = Watch::new();
+        w.busy.store(busy, Relaxed);
+        w.head_at.store(head_at, Relaxed);
+        w.idle_at.store(idle_at, Relaxed);
+        w
+    }
+
+    #[test]
+    fn a_connection_is_overdue_only_with_nothing_in_flight() {
+        let d = Deadlines {
+            head: Duration::from_millis(100),
+            idle: Duration::from_millis(300),
+        };
+        // A head begun at 1,000 ms: due at 1,100.
+        assert!(!at(0, 1_000, 900).overdue(1_099, &d));
+        assert!(at(0, 1_000, 900).overdue(1_100, &d));
+        // No head being read: the idle deadline, from the last answer.
+        assert!(!at(0, 0, 1_000).overdue(1_299, &d));
+        assert!(at(0, 0, 1_000).overdue(1_300, &d));
+        // A request in flight (a slow provider, a long stream) is never cut.
+        assert!(!at(1, 0, 1_000).overdue(100_000, &d));
+        assert!(!at(2, 1_000, 0).overdue(100_000, &d));
+    }
+
+    #[test]
+    fn requests_end_the_head_and_start_the_idle_time() {
+        tick();
+        let w = Arc::new(Watch::new());
+        assert_ne!(w.head_at.load(Relaxed), 0, "a new connection owes a head");
+        let busy = Busy::new(&w);
+        assert_eq!(w.head_at.load(Relaxed), 0);
+        // Bytes read while a request is in flight (a pipelined head) start no head.
+        w.read_some();
+        assert_eq!(w.head_at.load(Relaxed), 0);
+        drop(busy);
+        assert_eq!(w.busy.load(Relaxed), 0);
+        w.read_some();
+        assert_ne!(w.head_at.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn sweeping_expires_overdue_connections_and_forgets_closed_ones() {
+        let d = Deadlines {
+            head: Duration::ZERO,
+            idle: Duration::ZERO,
+        };
+        let mut conns = Connections::default();
+        let open = conns.add();
+        let closed = conns.add();
+        drop(closed);
+        conns.sweep(&d);
+        assert!(open.expired.load(Relaxed));
+        assert_eq!(conns.list.len(), 1);
+    }
+
+    #[test]
+    fn sweeps_come_often_enough_and_not_too_often() {
+        assert_eq!(Deadlines::default().sweep_every(), Duration::from_secs(1));
+        let d = Deadlines {
+            head: Duration::from_millis(300),
+            idle: Duration::from_secs(2),
+        };
+        assert_eq!(d.sweep_every(), Duration::from_millis(30));
+        let d = Deadlines {
+            head: Duration::ZERO,
+            idle: Duration::ZERO,
+        };
+        assert_eq!(d.sweep_every(), Duration::from_millis(10));
+    }
+}
