@@ -186,7 +186,6 @@ async fn serve_http(
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use hyper_util::server::conn::auto;
-    use tower::ServiceExt;
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().writev(false);
@@ -206,9 +205,7 @@ async fn serve_http(
             tcp = conns.next() => tcp,
         };
         let watch = watched.add();
-        let service = Tracked::new(door.clone(), Arc::clone(&watch)).map_request(
-            |req: http::Request<hyper::body::Incoming>| req.map(axum::body::Body::new),
-        );
+        let service = Tracked::new(door.clone(), Arc::clone(&watch));
         let conn = builder
             .serve_connection_with_upgrades(
                 TokioIo::new(Watched::new(tcp, watch)),

@@ -781,6 +781,29 @@ async fn a_client_that_never_completes_a_request_head_is_disconnected() {
 }
 
 #[tokio::test]
+async fn a_client_that_stops_sending_its_request_body_is_disconnected() {
+    use tokio::io::AsyncWriteExt;
+    let (fake, gw) = setup_with_deadlines().await;
+    let started = std::time::Instant::now();
+    let mut tcp = tokio::net::TcpStream::connect(gw.http_addr).await.unwrap();
+    tcp.write_all(
+        b"POST /ai-api/v1/chat/completions HTTP/1.1\r\nHost: x\r\n\
+          Authorization: Bearer sk-test-master\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{\"model\": \"gpt-4o-mini\",",
+    )
+    .await
+    .unwrap();
+    let got = read_until_closed(&mut tcp, Duration::from_secs(5)).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "closed before its deadline: {:?}",
+        started.elapsed()
+    );
+    assert!(!got.contains("200 OK"), "{got}");
+    assert_eq!(fake.hits(), 0);
+}
+
+#[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_its_answer() {
     use tokio::io::AsyncWriteExt;
     let (_fake, gw) = setup_with_deadlines().await;

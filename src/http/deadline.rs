@@ -2,7 +2,8 @@
 //! and socket) forever by saying nothing: a request head must be complete within
 //! [`Deadlines::head`] of the connection opening or of its first byte after the last answer,
 //! and a keep-alive connection with no request in flight is closed after [`Deadlines::idle`].
-//! A request being served (its answer streaming included) is never cut by either.
+//! A request body that stops coming for as long as a head may take closes it too. A request
+//! being served (its answer streaming included) is never cut.
 //!
 //! hyper has a header-read timeout of its own, but it needs a timer on the builder and builds a
 //! boxed sleep for every request head: +1.5k instructions a request (docs/performance.md,
@@ -28,7 +29,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadlines {
     /// From a connection's opening, or from the first byte of a request head after an answer,
-    /// to the head's end (hyper's default header-read timeout).
+    /// to the head's end (hyper's default header-read timeout); also the longest a request
+    /// body may pause between two reads.
     pub head: Duration,
     /// From the end of the last answer to the next request's first byte (nginx's keep-alive
     /// timeout: longer than clients keep idle connections, so a client does not reuse one the
@@ -84,6 +86,8 @@ pub struct Watch {
     head_at: AtomicU64,
     /// When the connection last became free of requests (coarse ms).
     idle_at: AtomicU64,
+    /// Since when a request's body has been waited for (coarse ms); 0: not waiting.
+    body_wait: AtomicU64,
     expired: AtomicBool,
     /// The connection task, woken when the sweep expires it.
     waker: AtomicWaker,
@@ -97,6 +101,7 @@ impl Watch {
             busy: AtomicU32::new(0),
             head_at: AtomicU64::new(now),
             idle_at: AtomicU64::new(now),
+            body_wait: AtomicU64::new(0),
             expired: AtomicBool::new(false),
             waker: AtomicWaker::new(),
         }
@@ -111,7 +116,11 @@ impl Watch {
 
     fn overdue(&self, now: u64, d: &Deadlines) -> bool {
         if self.busy.load(Relaxed) != 0 {
-            return false;
+            // Served, unless the request's own body has stopped coming.
+            return match self.body_wait.load(Relaxed) {
+                0 => false,
+                since => now.saturating_sub(since) >= ms(d.head),
+            };
         }
         match self.head_at.load(Relaxed) {
             0 => now.saturating_sub(self.idle_at.load(Relaxed)) >= ms(d.idle),
@@ -268,8 +277,9 @@ impl Drop for Busy {
     }
 }
 
-/// A connection's service, marking each request busy on its [`Watch`] until its answer is
-/// ready, or, for an answer whose length is not known (a stream), until its body ends.
+/// A connection's service: takes hyper's request into axum's with its body watched
+/// ([`Incoming`]), and marks each request busy on the connection's [`Watch`] until its answer
+/// is ready, or, for an answer whose length is not known (a stream), until its body ends.
 #[derive(Debug, Clone)]
 pub struct Tracked<S> {
     inner: S,
@@ -282,9 +292,9 @@ impl<S> Tracked<S> {
     }
 }
 
-impl<S, B> tower::Service<Request<B>> for Tracked<S>
+impl<S> tower::Service<Request<hyper::body::Incoming>> for Tracked<S>
 where
-    S: tower::Service<Request<B>, Response = Response<Body>>,
+    S: tower::Service<Request<Body>, Response = Response<Body>>,
 {
     type Response = Response<Body>;
     type Error = S::Error;
@@ -294,11 +304,63 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, req: Request<hyper::body::Incoming>) -> Self::Future {
+        let busy = Busy::new(&self.watch);
+        let req = req.map(|body| Body::new(Incoming::new(body, Arc::clone(&self.watch))));
         TrackedFuture {
-            busy: Some(Busy::new(&self.watch)),
+            busy: Some(busy),
             answer: self.inner.call(req),
         }
+    }
+}
+
+/// A request's body, telling its [`Watch`] while it is waited for.
+#[derive(Debug)]
+pub struct Incoming<B> {
+    body: B,
+    watch: Arc<Watch>,
+}
+
+impl<B> Incoming<B> {
+    pub fn new(body: B, watch: Arc<Watch>) -> Self {
+        Incoming { body, watch }
+    }
+}
+
+impl<B: hyper::body::Body<Data = Bytes> + Unpin> hyper::body::Body for Incoming<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        let waiting = &this.watch.body_wait;
+        if polled.is_pending() {
+            if waiting.load(Relaxed) == 0 {
+                waiting.store(now().max(1), Relaxed);
+            }
+        } else if waiting.load(Relaxed) != 0 {
+            waiting.store(0, Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl<B> Drop for Incoming<B> {
+    fn drop(&mut self) {
+        // A handler that stops reading (a body over the limit) no longer waits for it.
+        self.watch.body_wait.store(0, Relaxed);
     }
 }
 
@@ -384,6 +446,20 @@ mod tests {
         // A request in flight (a slow provider, a long stream) is never cut.
         assert!(!at(1, 0, 1_000).overdue(100_000, &d));
         assert!(!at(2, 1_000, 0).overdue(100_000, &d));
+    }
+
+    #[test]
+    fn a_request_whose_body_stops_coming_is_overdue() {
+        let d = Deadlines {
+            head: Duration::from_millis(100),
+            idle: Duration::from_millis(300),
+        };
+        let w = at(1, 0, 0);
+        w.body_wait.store(1_000, Relaxed);
+        assert!(!w.overdue(1_099, &d));
+        assert!(w.overdue(1_100, &d));
+        w.body_wait.store(0, Relaxed);
+        assert!(!w.overdue(100_000, &d));
     }
 
     #[test]
