@@ -210,23 +210,34 @@ fn timed_out() -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, "the client sent nothing in time")
 }
 
+impl<T: AsyncWrite + Unpin> Watched<T> {
+    /// A write, refused once the connection has expired. While it is pending the connection
+    /// can be woken by the sweep: an answer the client does not read keeps no request in
+    /// flight (its body was whole), and such a connection is stuck writing, not reading.
+    fn write_with<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: impl FnOnce(Pin<&mut T>, &mut Context<'_>) -> Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        if self.watch.expired.load(Relaxed) {
+            return Poll::Ready(Err(timed_out()));
+        }
+        let polled = write(Pin::new(&mut self.io), cx);
+        if polled.is_pending() {
+            self.watch.waker.register(cx.waker());
+        }
+        polled
+    }
+}
+
 impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.watch.expired.load(Relaxed) {
-            return Poll::Ready(Err(timed_out()));
-        }
-        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
-        if polled.is_pending() {
-            // An answer the client does not read keeps no request in flight (its body was
-            // whole): the sweep must be able to wake a connection stuck writing it.
-            this.watch.waker.register(cx.waker());
-        }
-        polled
+        self.get_mut()
+            .write_with(cx, |io, cx| io.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -234,15 +245,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.watch.expired.load(Relaxed) {
-            return Poll::Ready(Err(timed_out()));
-        }
-        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        if polled.is_pending() {
-            this.watch.waker.register(cx.waker());
-        }
-        polled
+        self.get_mut()
+            .write_with(cx, |io, cx| io.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
