@@ -41,7 +41,8 @@ pub struct ServeOptions {
     pub database_url: Option<String>,
     /// Where the SQLite database lives (`AI_API_DATA_DIR`, default `./data`).
     pub data_dir: PathBuf,
-    /// How long the HTTP door waits for a request head, and on an idle keep-alive connection.
+    /// How long the HTTP door waits for a request head, for a paused request body and on an
+    /// idle keep-alive connection.
     pub http_deadlines: Deadlines,
 }
 
