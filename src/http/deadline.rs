@@ -56,11 +56,12 @@ impl Deadlines {
 }
 
 /// The coarse clock: milliseconds since its first reading, as of the last sweep (of any
-/// worker), never 0 once a sweep has run.
+/// worker).
 static NOW_MS: AtomicU64 = AtomicU64::new(0);
 
+/// The coarse clock's time, never 0 (which the watch's fields use for "not started").
 fn now() -> u64 {
-    NOW_MS.load(Relaxed)
+    NOW_MS.load(Relaxed).max(1)
 }
 
 /// Advances the coarse clock and returns it.
@@ -95,7 +96,7 @@ pub struct Watch {
 
 impl Watch {
     fn new() -> Self {
-        let now = now().max(1);
+        let now = now();
         // A new connection owes its first request head.
         Watch {
             busy: AtomicU32::new(0),
@@ -110,7 +111,7 @@ impl Watch {
     /// Bytes arrived: with no request in flight they begin the next head.
     fn read_some(&self) {
         if self.busy.load(Relaxed) == 0 && self.head_at.load(Relaxed) == 0 {
-            self.head_at.store(now().max(1), Relaxed);
+            self.head_at.store(now(), Relaxed);
         }
     }
 
@@ -344,7 +345,7 @@ impl<B: hyper::body::Body<Data = Bytes> + Unpin> hyper::body::Body for Incoming<
         let waiting = &this.watch.body_wait;
         if polled.is_pending() {
             if waiting.load(Relaxed) == 0 {
-                waiting.store(now().max(1), Relaxed);
+                waiting.store(now(), Relaxed);
             }
         } else if waiting.load(Relaxed) != 0 {
             waiting.store(0, Relaxed);
