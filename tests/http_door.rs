@@ -749,26 +749,40 @@ async fn read_until_closed(tcp: &mut tokio::net::TcpStream, within: Duration) ->
     got
 }
 
-#[tokio::test]
-async fn a_client_that_never_completes_a_request_head_is_disconnected() {
+/// Opens a connection to the door and sends `bytes` on it.
+async fn send_raw(gw: &support::TestGateway, bytes: &[u8]) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
-    let (_fake, gw) = setup_with_deadlines().await;
+    let mut tcp = tokio::net::TcpStream::connect(gw.http_addr).await.unwrap();
+    tcp.write_all(bytes).await.unwrap();
+    tcp
+}
 
-    // Half a head, then nothing (slowloris).
-    let started = std::time::Instant::now();
-    let mut half = tokio::net::TcpStream::connect(gw.http_addr).await.unwrap();
-    half.write_all(b"POST /ai-api/v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
-    // A connection that never says anything at all.
-    let mut silent = tokio::net::TcpStream::connect(gw.http_addr).await.unwrap();
-    let got = read_until_closed(&mut half, Duration::from_secs(5)).await;
+/// Waits for a stalled client's connection (opened at `started`) to be closed: not before
+/// its deadline, within 5 s, and with no answer.
+async fn closed_as_stalled(tcp: &mut tokio::net::TcpStream, started: std::time::Instant) {
+    let got = read_until_closed(tcp, Duration::from_secs(5)).await;
     assert!(
         started.elapsed() >= Duration::from_millis(200),
         "closed before its deadline: {:?}",
         started.elapsed()
     );
     assert!(!got.contains("200 OK"), "{got}");
+}
+
+#[tokio::test]
+async fn a_client_that_never_completes_a_request_head_is_disconnected() {
+    let (_fake, gw) = setup_with_deadlines().await;
+
+    // Half a head, then nothing (slowloris).
+    let started = std::time::Instant::now();
+    let mut half = send_raw(
+        &gw,
+        b"POST /ai-api/v1/chat/completions HTTP/1.1\r\nHost: x\r\n",
+    )
+    .await;
+    // A connection that never says anything at all.
+    let mut silent = send_raw(&gw, b"").await;
+    closed_as_stalled(&mut half, started).await;
     read_until_closed(&mut silent, Duration::from_secs(5)).await;
 
     // The door still serves.
@@ -782,35 +796,27 @@ async fn a_client_that_never_completes_a_request_head_is_disconnected() {
 
 #[tokio::test]
 async fn a_client_that_stops_sending_its_request_body_is_disconnected() {
-    use tokio::io::AsyncWriteExt;
     let (fake, gw) = setup_with_deadlines().await;
     let started = std::time::Instant::now();
-    let mut tcp = tokio::net::TcpStream::connect(gw.http_addr).await.unwrap();
-    tcp.write_all(
+    let mut tcp = send_raw(
+        &gw,
         b"POST /ai-api/v1/chat/completions HTTP/1.1\r\nHost: x\r\n\
           Authorization: Bearer sk-test-master\r\nContent-Type: application/json\r\n\
           Content-Length: 100\r\n\r\n{\"model\": \"gpt-4o-mini\",",
     )
-    .await
-    .unwrap();
-    let got = read_until_closed(&mut tcp, Duration::from_secs(5)).await;
-    assert!(
-        started.elapsed() >= Duration::from_millis(200),
-        "closed before its deadline: {:?}",
-        started.elapsed()
-    );
-    assert!(!got.contains("200 OK"), "{got}");
+    .await;
+    closed_as_stalled(&mut tcp, started).await;
     assert_eq!(fake.hits(), 0);
 }
 
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_its_answer() {
-    use tokio::io::AsyncWriteExt;
     let (_fake, gw) = setup_with_deadlines().await;
-    let mut tcp = tokio::net::TcpStream::connect(gw.http_addr).await.unwrap();
-    tcp.write_all(b"GET /ai-api/health/liveliness HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let mut tcp = send_raw(
+        &gw,
+        b"GET /ai-api/health/liveliness HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
     // The answer comes, then the connection is closed once idle for longer than allowed.
     let got = read_until_closed(&mut tcp, Duration::from_secs(5)).await;
     assert!(got.starts_with("HTTP/1.1 200 OK"), "{got}");
