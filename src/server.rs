@@ -210,7 +210,7 @@ async fn serve_http(
         let conn = builder
             .serve_connection_with_upgrades(
                 TokioIo::new(Watched::new(tcp, watch)),
-                hyper_util::service::TowerToHyperService::new(service),
+                service,
             )
             .into_owned();
         let conn = graceful.watch(conn);

@@ -297,19 +297,15 @@ impl<S> Tracked<S> {
     }
 }
 
-impl<S> tower::Service<Request<hyper::body::Incoming>> for Tracked<S>
+impl<S> hyper::service::Service<Request<hyper::body::Incoming>> for Tracked<S>
 where
-    S: tower::Service<Request<Body>, Response = Response<Body>>,
+    S: hyper::service::Service<Request<Body>, Response = Response<Body>>,
 {
     type Response = Response<Body>;
     type Error = S::Error;
     type Future = TrackedFuture<S::Future>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<hyper::body::Incoming>) -> Self::Future {
+    fn call(&self, req: Request<hyper::body::Incoming>) -> Self::Future {
         let busy = Busy::new(&self.watch);
         let req = req.map(|body| Body::new(Incoming::new(body, Arc::clone(&self.watch))));
         TrackedFuture {

@@ -10,7 +10,6 @@ pub mod sse;
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
@@ -146,19 +145,22 @@ impl Door {
     }
 }
 
-impl tower::Service<Request> for Door {
+/// The door's answer: the direct chat route's, or the router's.
+pub type DoorFuture = Either<
+    BoxFuture<'static, Result<Response, Infallible>>,
+    axum::routing::future::RouteFuture<Infallible>,
+>;
+
+/// hyper calls its services by reference, once per request: the direct route needs nothing
+/// from the door but its shared state, and only the router's requests clone the router (an
+/// `Arc`) to call it. (hyper-util's adapter for tower services cloned the whole door on
+/// every request and drove a readiness step the door does not need.)
+impl hyper::service::Service<Request> for Door {
     type Response = Response;
     type Error = Infallible;
-    type Future = Either<
-        BoxFuture<'static, Result<Response, Infallible>>,
-        axum::routing::future::RouteFuture<Infallible>,
-    >;
+    type Future = DoorFuture;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request) -> Self::Future {
+    fn call(&self, req: Request) -> DoorFuture {
         let d = &self.direct;
         if req.method() == http::Method::POST && d.chat.iter().any(|p| p == req.uri().path()) {
             let (gw, limit) = (d.gateway.clone(), d.max_body_bytes);
@@ -166,7 +168,7 @@ impl tower::Service<Request> for Door {
                 Ok(handlers::chat_direct(gw, req, limit).await)
             }))
         } else {
-            Either::Right(self.router.call(req))
+            Either::Right(tower::Service::call(&mut self.router.clone(), req))
         }
     }
 }
