@@ -41,8 +41,8 @@ pub struct ServeOptions {
     pub database_url: Option<String>,
     /// Where the SQLite database lives (`AI_API_DATA_DIR`, default `./data`).
     pub data_dir: PathBuf,
-    /// How long the HTTP door waits for a request head, for a paused request body and on an
-    /// idle keep-alive connection.
+    /// How long the HTTP door waits for a request head, for a paused request body, on an
+    /// idle keep-alive connection and for a client to read its answer.
     pub http_deadlines: Deadlines,
 }
 
@@ -208,10 +208,7 @@ async fn serve_http(
         let watch = watched.add();
         let service = Tracked::new(door.clone(), Arc::clone(&watch));
         let conn = builder
-            .serve_connection_with_upgrades(
-                TokioIo::new(Watched::new(tcp, watch)),
-                service,
-            )
+            .serve_connection_with_upgrades(TokioIo::new(Watched::new(tcp, watch)), service)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

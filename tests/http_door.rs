@@ -715,7 +715,8 @@ async fn every_route_answers_with_a_request_id() {
     );
 }
 
-/// Short deadlines for the tests below: a head within 300 ms, 600 ms of keep-alive idleness.
+/// Short deadlines for the tests below: a head within 300 ms, 600 ms of keep-alive idleness,
+/// a write may wait 600 ms for the client to read.
 async fn setup_with_deadlines() -> (FakeOpenAi, support::TestGateway) {
     let fake = FakeOpenAi::start().await;
     let yaml = openai_config(&fake.base, &[("gpt-4o-mini", "gpt-4o-mini")], "");
@@ -723,6 +724,7 @@ async fn setup_with_deadlines() -> (FakeOpenAi, support::TestGateway) {
         o.http_deadlines = ai_api::http::deadline::Deadlines {
             head: Duration::from_millis(300),
             idle: Duration::from_millis(600),
+            send: Duration::from_millis(600),
         };
     })
     .await;
@@ -821,6 +823,44 @@ async fn an_idle_keep_alive_connection_is_closed_after_its_answer() {
     let got = read_until_closed(&mut tcp, Duration::from_secs(5)).await;
     assert!(got.starts_with("HTTP/1.1 200 OK"), "{got}");
     assert!(got.ends_with("\"I'm alive!\""), "{got}");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_a_stream_is_disconnected_and_the_stream_released() {
+    use tokio::io::AsyncWriteExt;
+    let (fake, gw) = setup_with_deadlines().await;
+    fake.set(Behavior::FloodStream);
+    // A client with a small receive window that asks for a stream and never reads it.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut tcp = socket.connect(gw.http_addr).await.unwrap();
+    let body = chat_body(true).to_string();
+    let head = format!(
+        "POST /ai-api/v1/chat/completions HTTP/1.1\r\nHost: x\r\n\
+         Authorization: Bearer {MASTER_KEY}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let started = std::time::Instant::now();
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    // The gateway stops writing to it; after the send deadline it lets go of the provider's
+    // stream and of the connection.
+    assert!(
+        fake.stream_closed_within(Duration::from_secs(10)).await,
+        "the provider's stream is still held for a client that does not read"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "released before the deadline: {:?}",
+        started.elapsed()
+    );
+    let got = read_until_closed(&mut tcp, Duration::from_secs(5)).await;
+    assert!(
+        got.starts_with("HTTP/1.1 200 OK"),
+        "{}",
+        &got[..got.len().min(200)]
+    );
+    assert!(!got.contains("[DONE]"));
 }
 
 #[tokio::test]

@@ -2,8 +2,9 @@
 //! and socket) forever by saying nothing: a request head must be complete within
 //! [`Deadlines::head`] of the connection opening or of its first byte after the last answer,
 //! and a keep-alive connection with no request in flight is closed after [`Deadlines::idle`].
-//! A request body that stops coming for as long as a head may take closes it too. A request
-//! being served (its answer streaming included) is never cut.
+//! A request body that stops coming for as long as a head may take closes it too, and so does
+//! a client that stops reading its answer for [`Deadlines::send`]. A request being served (its
+//! answer streaming to a client that reads it included) is never cut.
 //!
 //! hyper has a header-read timeout of its own, but it needs a timer on the builder and builds a
 //! boxed sleep for every request head: +1.5k instructions a request (docs/performance.md,
@@ -36,6 +37,10 @@ pub struct Deadlines {
     /// timeout: longer than clients keep idle connections, so a client does not reuse one the
     /// moment it is closed).
     pub idle: Duration,
+    /// The longest a write to the client may wait for it to read (nginx's `send_timeout`):
+    /// a client that stops reading a streamed answer is disconnected, and the stream (and
+    /// the provider's connection) released.
+    pub send: Duration,
 }
 
 impl Default for Deadlines {
@@ -43,15 +48,17 @@ impl Default for Deadlines {
         Deadlines {
             head: Duration::from_secs(30),
             idle: Duration::from_secs(75),
+            send: Duration::from_secs(60),
         }
     }
 }
 
 impl Deadlines {
-    /// How often a worker looks over its connections: a tenth of the shorter deadline,
+    /// How often a worker looks over its connections: a tenth of the shortest deadline,
     /// between 10 ms and 1 s.
     pub fn sweep_every(&self) -> Duration {
-        (self.head.min(self.idle) / 10).clamp(Duration::from_millis(10), Duration::from_secs(1))
+        let shortest = self.head.min(self.idle).min(self.send);
+        (shortest / 10).clamp(Duration::from_millis(10), Duration::from_secs(1))
     }
 }
 
@@ -89,6 +96,9 @@ pub struct Watch {
     idle_at: AtomicU64,
     /// Since when a request's body has been waited for (coarse ms); 0: not waiting.
     body_wait: AtomicU64,
+    /// Since when a write to the client has been waiting for it to read (coarse ms); 0: not
+    /// waiting.
+    write_wait: AtomicU64,
     expired: AtomicBool,
     /// The connection task, woken when the sweep expires it.
     waker: AtomicWaker,
@@ -103,6 +113,7 @@ impl Watch {
             head_at: AtomicU64::new(now),
             idle_at: AtomicU64::new(now),
             body_wait: AtomicU64::new(0),
+            write_wait: AtomicU64::new(0),
             expired: AtomicBool::new(false),
             waker: AtomicWaker::new(),
         }
@@ -116,12 +127,16 @@ impl Watch {
     }
 
     fn overdue(&self, now: u64, d: &Deadlines) -> bool {
+        let stalled = |since: &AtomicU64, limit: Duration| match since.load(Relaxed) {
+            0 => false,
+            since => now.saturating_sub(since) >= ms(limit),
+        };
+        if stalled(&self.write_wait, d.send) {
+            return true;
+        }
         if self.busy.load(Relaxed) != 0 {
             // Served, unless the request's own body has stopped coming.
-            return match self.body_wait.load(Relaxed) {
-                0 => false,
-                since => now.saturating_sub(since) >= ms(d.head),
-            };
+            return stalled(&self.body_wait, d.head);
         }
         match self.head_at.load(Relaxed) {
             0 => now.saturating_sub(self.idle_at.load(Relaxed)) >= ms(d.idle),
@@ -208,13 +223,16 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
 }
 
 fn timed_out() -> io::Error {
-    io::Error::new(io::ErrorKind::TimedOut, "the client sent nothing in time")
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "the client kept the connection waiting",
+    )
 }
 
 impl<T: AsyncWrite + Unpin> Watched<T> {
-    /// A write, refused once the connection has expired. While it is pending the connection
-    /// can be woken by the sweep: an answer the client does not read keeps no request in
-    /// flight (its body was whole), and such a connection is stuck writing, not reading.
+    /// A write, refused once the connection has expired. While it is pending (the client is
+    /// not reading) the watch notes since when, and the sweep can wake the connection: one
+    /// stuck writing is not reading.
     fn write_with<R>(
         &mut self,
         cx: &mut Context<'_>,
@@ -224,8 +242,14 @@ impl<T: AsyncWrite + Unpin> Watched<T> {
             return Poll::Ready(Err(timed_out()));
         }
         let polled = write(Pin::new(&mut self.io), cx);
+        let waiting = &self.watch.write_wait;
         if polled.is_pending() {
             self.watch.waker.register(cx.waker());
+            if waiting.load(Relaxed) == 0 {
+                waiting.store(now(), Relaxed);
+            }
+        } else if waiting.load(Relaxed) != 0 {
+            waiting.store(0, Relaxed);
         }
         polled
     }
@@ -437,6 +461,7 @@ mod tests {
         let d = Deadlines {
             head: Duration::from_millis(100),
             idle: Duration::from_millis(300),
+            send: Duration::from_millis(200),
         };
         // A head begun at 1,000 ms: due at 1,100.
         assert!(!at(0, 1_000, 900).overdue(1_099, &d));
@@ -454,12 +479,30 @@ mod tests {
         let d = Deadlines {
             head: Duration::from_millis(100),
             idle: Duration::from_millis(300),
+            send: Duration::from_millis(200),
         };
         let w = at(1, 0, 0);
         w.body_wait.store(1_000, Relaxed);
         assert!(!w.overdue(1_099, &d));
         assert!(w.overdue(1_100, &d));
         w.body_wait.store(0, Relaxed);
+        assert!(!w.overdue(100_000, &d));
+    }
+
+    #[test]
+    fn a_client_that_stops_reading_is_overdue_even_with_a_request_in_flight() {
+        let d = Deadlines {
+            head: Duration::from_millis(100),
+            idle: Duration::from_millis(300),
+            send: Duration::from_millis(200),
+        };
+        // A streamed answer in flight, its write waiting for the client since 1,000 ms.
+        let w = at(1, 0, 0);
+        w.write_wait.store(1_000, Relaxed);
+        assert!(!w.overdue(1_199, &d));
+        assert!(w.overdue(1_200, &d));
+        // The client read again: the stream goes on.
+        w.write_wait.store(0, Relaxed);
         assert!(!w.overdue(100_000, &d));
     }
 
@@ -484,6 +527,7 @@ mod tests {
         let d = Deadlines {
             head: Duration::ZERO,
             idle: Duration::ZERO,
+            send: Duration::ZERO,
         };
         let mut conns = Connections::default();
         let open = conns.add();
@@ -500,11 +544,18 @@ mod tests {
         let d = Deadlines {
             head: Duration::from_millis(300),
             idle: Duration::from_secs(2),
+            send: Duration::from_secs(1),
         };
         assert_eq!(d.sweep_every(), Duration::from_millis(30));
         let d = Deadlines {
+            send: Duration::from_millis(200),
+            ..d
+        };
+        assert_eq!(d.sweep_every(), Duration::from_millis(20));
+        let d = Deadlines {
             head: Duration::ZERO,
             idle: Duration::ZERO,
+            send: Duration::ZERO,
         };
         assert_eq!(d.sweep_every(), Duration::from_millis(10));
     }

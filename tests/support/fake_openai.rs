@@ -34,6 +34,9 @@ pub enum Behavior {
     Delay(Duration),
     /// Stream chunks every 20 ms, forever (until the client goes away).
     EndlessStream,
+    /// Stream chunks of 16 KB of text as fast as they are taken, forever (until the client
+    /// goes away).
+    FloodStream,
     /// Stream two chunks, then cut the connection without [DONE].
     CutStream,
 }
@@ -269,15 +272,22 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
     let usage = json!({"id": "chatcmpl-fake1", "object": "chat.completion.chunk", "created": 1700000000, "model": model,
         "choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}});
     match behavior {
-        Behavior::EndlessStream => {
+        Behavior::EndlessStream | Behavior::FloodStream => {
+            let flood = matches!(behavior, Behavior::FloodStream);
             let guard = DropFlag(shared.clone());
             let s = futures_util::stream::unfold((guard, 0u64), move |(g, i)| {
                 let model = model.clone();
                 async move {
-                    if i > 0 {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    let c = chunk(&model, json!({"content": format!("tick{i} ")}), None);
+                    let text = if flood {
+                        tokio::task::yield_now().await;
+                        format!("tick{i} {}", "x".repeat(16 * 1024))
+                    } else {
+                        if i > 0 {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        format!("tick{i} ")
+                    };
+                    let c = chunk(&model, json!({"content": text}), None);
                     Some((Ok::<_, Infallible>(c), (g, i + 1)))
                 }
             });
