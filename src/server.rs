@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+use tokio::time::MissedTickBehavior;
 
 use crate::config::Config;
 use crate::core::router::{Clock, SystemClock};
@@ -42,7 +43,8 @@ pub struct ServeOptions {
     /// Where the SQLite database lives (`AI_API_DATA_DIR`, default `./data`).
     pub data_dir: PathBuf,
     /// How long the HTTP door waits for a request head, for a paused request body, on an
-    /// idle keep-alive connection and for a client to read its answer.
+    /// idle keep-alive connection and for a client to read its answer; on the gRPC door, for
+    /// the HTTP/2 preface (the head's) and for a client to read.
     pub http_deadlines: Deadlines,
 }
 
@@ -193,7 +195,7 @@ async fn serve_http(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut watched = Connections::default();
     let mut sweep = tokio::time::interval(deadlines.sweep_every());
-    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let stopped = until_true(stop);
     tokio::pin!(stopped);
     loop {
@@ -268,17 +270,33 @@ fn serve_doors(
                         serve_http(http, app, deadlines, stop.clone()).await;
                         Ok::<(), ServeError>(())
                     };
-                    let incoming = futures_util::stream::unfold(grpc, |mut g| async move {
-                        let tcp = g.next().await;
-                        Some((Ok::<_, std::io::Error>(tcp), g))
+                    let watched = Arc::new(parking_lot::Mutex::new(Connections::default()));
+                    let incoming = futures_util::stream::unfold(grpc, |mut g| {
+                        let watched = Arc::clone(&watched);
+                        async move {
+                            let tcp = g.next().await;
+                            let watch = watched.lock().add_h2();
+                            Some((Ok::<_, std::io::Error>(Watched::new(tcp, watch)), g))
+                        }
                     });
                     let grpc = async {
-                        tonic::transport::Server::builder()
+                        let serve = tonic::transport::Server::builder()
                             .layer(services.api_first)
                             .add_routes(services.routes)
-                            .serve_with_incoming_shutdown(incoming, until_true(stop.clone()))
-                            .await
-                            .map_err(ServeError::Grpc)
+                            .serve_with_incoming_shutdown(incoming, until_true(stop.clone()));
+                        // Sweeps the gRPC connections until they have drained.
+                        let sweeping = async {
+                            let mut sweep = tokio::time::interval(deadlines.sweep_every());
+                            sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                            loop {
+                                sweep.tick().await;
+                                watched.lock().sweep(&deadlines);
+                            }
+                        };
+                        tokio::select! {
+                            served = serve => served.map_err(ServeError::Grpc),
+                            () = sweeping => Ok(()),
+                        }
                     };
                     let _ = tx.send(tokio::try_join!(http, grpc).map(|_| ()));
                     all_drained.wait().await;

@@ -427,3 +427,71 @@ async fn unknown_methods_and_services_are_unimplemented() {
         assert_eq!(status.code(), Code::Unimplemented, "{path}");
     }
 }
+
+/// The gRPC door closes a connection that never sends the HTTP/2 preface (300 ms here), but a
+/// channel that has is kept however long it idles between calls.
+#[tokio::test]
+async fn a_connection_without_a_preface_is_closed_but_an_idle_channel_is_kept() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fake = FakeOpenAi::start().await;
+    let yaml = openai_config(&fake.base, &[("gpt-4o-mini", "gpt-4o-mini")], "");
+    let gw = support::start_tuned_with(&yaml, |o| {
+        o.http_deadlines = ai_api::http::deadline::Deadlines {
+            head: Duration::from_millis(300),
+            idle: Duration::from_millis(300),
+            send: Duration::from_millis(300),
+        };
+    })
+    .await;
+    // A channel that counts the connections it opens.
+    let opened = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let addr = gw.grpc_addr;
+    let counting = opened.clone();
+    let connector = tower::service_fn(move |_: http::Uri| {
+        counting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tcp))
+        }
+    });
+    let channel = tonic::transport::Endpoint::from_shared(gw.grpc_url())
+        .unwrap()
+        .connect_with_connector(connector)
+        .await
+        .unwrap();
+    let mut client = AiApiServiceClient::new(channel);
+    client
+        .chat(authed(chat_request("gpt-4o-mini")))
+        .await
+        .unwrap();
+
+    // Nothing at all, and half a preface.
+    let started = std::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(gw.grpc_addr).await.unwrap();
+    let mut half = tokio::net::TcpStream::connect(gw.grpc_addr).await.unwrap();
+    half.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    for tcp in [&mut silent, &mut half] {
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = tcp.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "a connection without a preface is still open"
+        );
+    }
+    assert!(started.elapsed() >= Duration::from_millis(200));
+
+    // The channel idled for longer than every deadline and still calls on its connection.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    client
+        .chat(authed(chat_request("gpt-4o-mini")))
+        .await
+        .unwrap();
+    assert_eq!(opened.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

@@ -11,6 +11,10 @@
 //! fifteenth round). Here each connection carries a few atomics that its reads and its
 //! requests update, and each worker looks over its own connections a few times a second on a
 //! coarse clock; an overdue connection reads end-of-file and hyper closes it.
+//!
+//! The gRPC door's connections are watched too, more loosely: gRPC channels are long-lived
+//! and idle between calls by design, so once a client has sent the HTTP/2 connection preface
+//! its connection is only closed if it stops reading ([`Connections::add_h2`]).
 
 use std::io;
 use std::pin::Pin;
@@ -99,6 +103,9 @@ pub struct Watch {
     /// Since when a write to the client has been waiting for it to read (coarse ms); 0: not
     /// waiting.
     write_wait: AtomicU64,
+    /// Bytes of the HTTP/2 connection preface still to come on a gRPC connection; 0 on HTTP/1
+    /// connections and once it has come.
+    preface_left: AtomicU32,
     expired: AtomicBool,
     /// The connection task, woken when the sweep expires it.
     waker: AtomicWaker,
@@ -114,15 +121,33 @@ impl Watch {
             idle_at: AtomicU64::new(now),
             body_wait: AtomicU64::new(0),
             write_wait: AtomicU64::new(0),
+            preface_left: AtomicU32::new(0),
             expired: AtomicBool::new(false),
             waker: AtomicWaker::new(),
         }
     }
 
-    /// Bytes arrived: with no request in flight they begin the next head.
-    fn read_some(&self) {
-        if self.busy.load(Relaxed) == 0 && self.head_at.load(Relaxed) == 0 {
-            self.head_at.store(now(), Relaxed);
+    /// `n` bytes arrived: with no request in flight they begin the next head, or on a gRPC
+    /// connection bring its preface closer; once it is complete the connection counts as
+    /// busy for as long as it lives.
+    fn read_some(&self, n: usize) {
+        if self.busy.load(Relaxed) != 0 {
+            return;
+        }
+        match self.preface_left.load(Relaxed) {
+            0 => {
+                if self.head_at.load(Relaxed) == 0 {
+                    self.head_at.store(now(), Relaxed);
+                }
+            }
+            left => {
+                let left = left.saturating_sub(u32::try_from(n).unwrap_or(u32::MAX));
+                self.preface_left.store(left, Relaxed);
+                if left == 0 {
+                    self.busy.store(1, Relaxed);
+                    self.head_at.store(0, Relaxed);
+                }
+            }
         }
     }
 
@@ -165,6 +190,16 @@ impl Connections {
         }
         let watch = Arc::new(Watch::new());
         self.list.push(Arc::downgrade(&watch));
+        watch
+    }
+
+    /// Watches a new HTTP/2 connection of the gRPC door: it must send the connection preface
+    /// within the head deadline; after that only the send deadline applies.
+    pub fn add_h2(&mut self) -> Arc<Watch> {
+        /// `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n` (RFC 9113, 3.4).
+        const PREFACE_LEN: u32 = 24;
+        let watch = self.add();
+        watch.preface_left.store(PREFACE_LEN, Relaxed);
         watch
     }
 
@@ -213,12 +248,22 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         }
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
         match polled {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => this.watch.read_some(),
+            Poll::Ready(Ok(())) if read > 0 => this.watch.read_some(read),
             Poll::Pending => this.watch.waker.register(cx.waker()),
             _ => {}
         }
         polled
+    }
+}
+
+/// The gRPC door's connection info (the peer's address) is the socket's.
+impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected for Watched<T> {
+    type ConnectInfo = T::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
     }
 }
 
@@ -514,12 +559,41 @@ mod tests {
         let busy = Busy::new(&w);
         assert_eq!(w.head_at.load(Relaxed), 0);
         // Bytes read while a request is in flight (a pipelined head) start no head.
-        w.read_some();
+        w.read_some(10);
         assert_eq!(w.head_at.load(Relaxed), 0);
         drop(busy);
         assert_eq!(w.busy.load(Relaxed), 0);
-        w.read_some();
+        w.read_some(10);
         assert_ne!(w.head_at.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn a_grpc_connection_owes_its_preface_and_then_only_reading() {
+        let d = Deadlines {
+            head: Duration::from_millis(100),
+            idle: Duration::from_millis(300),
+            send: Duration::from_millis(200),
+        };
+        tick();
+        let mut conns = Connections::default();
+        let w = conns.add_h2();
+        let opened = w.head_at.load(Relaxed);
+        assert!(
+            w.overdue(opened + 100, &d),
+            "no preface within the head deadline"
+        );
+        // Part of the preface: still owed, from the connection's opening.
+        w.read_some(20);
+        assert_eq!(w.head_at.load(Relaxed), opened);
+        assert!(w.overdue(opened + 100, &d));
+        // The rest of it (and the first frames): served from then on, idle or not.
+        w.read_some(60);
+        assert!(!w.overdue(opened + 100_000, &d));
+        w.read_some(10);
+        assert_eq!(w.head_at.load(Relaxed), 0);
+        // But not for a client that stops reading.
+        w.write_wait.store(opened + 1_000, Relaxed);
+        assert!(w.overdue(opened + 1_200, &d));
     }
 
     #[test]
