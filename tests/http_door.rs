@@ -826,6 +826,45 @@ async fn an_idle_keep_alive_connection_is_closed_after_its_answer() {
 }
 
 #[tokio::test]
+async fn an_http2_client_is_served_and_its_frames_between_requests_start_no_head_deadline() {
+    use tokio::io::AsyncWriteExt;
+    let (_fake, gw) = setup_with_deadlines().await;
+    // The door speaks HTTP/2 to a client that knows it does (h2c).
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let resp = h2
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(MASTER_KEY)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+
+    // A connection that opens with the preface and settings, then sends only pings: bytes with
+    // no request in flight, but frames, not a request head. It is closed as idle (600 ms after
+    // its preface), not 300 ms after its first ping as a half-sent head would be.
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+    const PING: [u8; 17] = [0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+    let started = std::time::Instant::now();
+    let mut tcp = send_raw(&gw, &[PREFACE, &SETTINGS[..]].concat()).await;
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        tcp.write_all(&PING).await.unwrap();
+    }
+    read_until_closed(&mut tcp, Duration::from_secs(5)).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(550),
+        "closed by the head deadline after a ping: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn a_client_that_stops_reading_a_stream_is_disconnected_and_the_stream_released() {
     use tokio::io::AsyncWriteExt;
     let (fake, gw) = setup_with_deadlines().await;

@@ -15,6 +15,10 @@
 //! The gRPC door's connections are watched too, more loosely: gRPC channels are long-lived
 //! and idle between calls by design, so once a client has sent the HTTP/2 connection preface
 //! its connection is only closed if it stops reading ([`Connections::add_h2`]).
+//!
+//! The HTTP door serves HTTP/2 too (h2c, prior knowledge). There the bytes that come between
+//! requests are frames (pings, window updates), not a request head, so on a connection that
+//! opens with the HTTP/2 preface only the idle deadline applies between requests.
 
 use std::io;
 use std::pin::Pin;
@@ -106,6 +110,9 @@ pub struct Watch {
     /// Bytes of the HTTP/2 connection preface still to come on a gRPC connection; 0 on HTTP/1
     /// connections and once it has come.
     preface_left: AtomicU32,
+    /// An HTTP door connection that speaks HTTP/2: what it sends between requests are frames,
+    /// which start no head.
+    frames: AtomicBool,
     expired: AtomicBool,
     /// The connection task, woken when the sweep expires it.
     waker: AtomicWaker,
@@ -122,21 +129,33 @@ impl Watch {
             body_wait: AtomicU64::new(0),
             write_wait: AtomicU64::new(0),
             preface_left: AtomicU32::new(0),
+            frames: AtomicBool::new(false),
             expired: AtomicBool::new(false),
             waker: AtomicWaker::new(),
         }
     }
 
-    /// `n` bytes arrived: with no request in flight they begin the next head, or on a gRPC
-    /// connection bring its preface closer; once it is complete the connection counts as
-    /// busy for as long as it lives.
+    /// The connection's first bytes: on the HTTP door, an HTTP/2 client's preface (`PRI `,
+    /// a method HTTP/1 has not) ends the head owed since the connection opened, and from then
+    /// on the connection is idle between requests whatever frames it sends.
+    fn first_read(&self, bytes: &[u8]) {
+        if self.preface_left.load(Relaxed) == 0 && bytes.starts_with(b"PRI ") {
+            self.frames.store(true, Relaxed);
+            self.idle_at.store(now(), Relaxed);
+            self.head_at.store(0, Relaxed);
+        }
+    }
+
+    /// `n` bytes arrived: with no request in flight they begin the next head (on HTTP/1), or
+    /// on a gRPC connection bring its preface closer; once it is complete the connection
+    /// counts as busy for as long as it lives.
     fn read_some(&self, n: usize) {
         if self.busy.load(Relaxed) != 0 {
             return;
         }
         match self.preface_left.load(Relaxed) {
             0 => {
-                if self.head_at.load(Relaxed) == 0 {
+                if self.head_at.load(Relaxed) == 0 && !self.frames.load(Relaxed) {
                     self.head_at.store(now(), Relaxed);
                 }
             }
@@ -228,11 +247,17 @@ impl Connections {
 pub struct Watched<T> {
     io: T,
     watch: Arc<Watch>,
+    /// Nothing has been read yet.
+    fresh: bool,
 }
 
 impl<T> Watched<T> {
     pub fn new(io: T, watch: Arc<Watch>) -> Self {
-        Watched { io, watch }
+        Watched {
+            io,
+            watch,
+            fresh: true,
+        }
     }
 }
 
@@ -250,7 +275,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
         let read = buf.filled().len() - before;
         match polled {
-            Poll::Ready(Ok(())) if read > 0 => this.watch.read_some(read),
+            Poll::Ready(Ok(())) if read > 0 => {
+                if std::mem::take(&mut this.fresh) {
+                    this.watch
+                        .first_read(buf.filled().get(before..).unwrap_or_default());
+                }
+                this.watch.read_some(read);
+            }
             Poll::Pending => this.watch.waker.register(cx.waker()),
             _ => {}
         }
@@ -565,6 +596,46 @@ mod tests {
         assert_eq!(w.busy.load(Relaxed), 0);
         w.read_some(10);
         assert_ne!(w.head_at.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn an_http2_connection_on_the_http_door_is_idle_between_requests_whatever_it_sends() {
+        let d = Deadlines {
+            head: Duration::from_millis(100),
+            idle: Duration::from_millis(300),
+            send: Duration::from_millis(200),
+        };
+        tick();
+        let mut conns = Connections::default();
+        // HTTP/1: bytes with no request in flight begin a head, due within `head`.
+        let h1 = conns.add();
+        h1.first_read(b"POST /ai-api/v1/chat/completions HTTP/1.1\r\n");
+        h1.read_some(40);
+        let begun = h1.head_at.load(Relaxed);
+        assert_ne!(begun, 0);
+        assert!(h1.overdue(begun + 100, &d));
+        // HTTP/2 (h2c): the preface ends the head owed since opening; frames between requests
+        // (a ping, a window update) start none, and only the idle deadline applies.
+        let h2 = conns.add();
+        h2.first_read(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        h2.read_some(24);
+        assert_eq!(h2.head_at.load(Relaxed), 0);
+        let idle = h2.idle_at.load(Relaxed);
+        h2.read_some(17);
+        assert_eq!(h2.head_at.load(Relaxed), 0);
+        assert!(!h2.overdue(idle + 299, &d));
+        assert!(h2.overdue(idle + 300, &d));
+        // A request and its end restart the idle time, as on HTTP/1.
+        drop(Busy::new(&h2));
+        h2.read_some(17);
+        assert_eq!(h2.head_at.load(Relaxed), 0);
+        assert!(!h2.overdue(h2.idle_at.load(Relaxed) + 299, &d));
+        // The gRPC door's connections keep owing their whole preface.
+        let grpc = conns.add_h2();
+        grpc.first_read(b"PRI * HTTP/2.0\r\n");
+        grpc.read_some(16);
+        assert_ne!(grpc.head_at.load(Relaxed), 0);
+        assert!(grpc.overdue(grpc.head_at.load(Relaxed) + 100, &d));
     }
 
     #[test]
