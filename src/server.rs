@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
-use tokio::time::MissedTickBehavior;
 
 use crate::config::Config;
 use crate::core::router::{Clock, SystemClock};
@@ -194,8 +193,7 @@ async fn serve_http(
     builder.http1().writev(false);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut watched = Connections::default();
-    let mut sweep = tokio::time::interval(deadlines.sweep_every());
-    sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut sweep = deadlines.sweep_timer();
     let stopped = until_true(stop);
     tokio::pin!(stopped);
     loop {
@@ -286,8 +284,7 @@ fn serve_doors(
                             .serve_with_incoming_shutdown(incoming, until_true(stop.clone()));
                         // Sweeps the gRPC connections until they have drained.
                         let sweeping = async {
-                            let mut sweep = tokio::time::interval(deadlines.sweep_every());
-                            sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                            let mut sweep = deadlines.sweep_timer();
                             loop {
                                 sweep.tick().await;
                                 watched.lock().sweep(&deadlines);

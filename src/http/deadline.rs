@@ -68,6 +68,14 @@ impl Deadlines {
         let shortest = self.head.min(self.idle).min(self.send);
         (shortest / 10).clamp(Duration::from_millis(10), Duration::from_secs(1))
     }
+
+    /// A worker's sweep timer: ticks every [`Self::sweep_every`]; a late tick delays the next
+    /// instead of bursting to catch up.
+    pub fn sweep_timer(&self) -> tokio::time::Interval {
+        let mut timer = tokio::time::interval(self.sweep_every());
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        timer
+    }
 }
 
 /// The coarse clock: milliseconds since its first reading, as of the last sweep (of any
