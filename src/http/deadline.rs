@@ -532,6 +532,16 @@ impl hyper::body::Body for Held {
 mod tests {
     use super::*;
 
+    /// The deadlines of most tests below: a head within 100 ms, 300 ms of idleness, a write
+    /// may wait 200 ms.
+    fn short() -> Deadlines {
+        Deadlines {
+            head: Duration::from_millis(100),
+            idle: Duration::from_millis(300),
+            send: Duration::from_millis(200),
+        }
+    }
+
     fn at(busy: u32, head_at: u64, idle_at: u64) -> Watch {
         let w = Watch::new();
         w.busy.store(busy, Relaxed);
@@ -542,11 +552,7 @@ mod tests {
 
     #[test]
     fn a_connection_is_overdue_only_with_nothing_in_flight() {
-        let d = Deadlines {
-            head: Duration::from_millis(100),
-            idle: Duration::from_millis(300),
-            send: Duration::from_millis(200),
-        };
+        let d = short();
         // A head begun at 1,000 ms: due at 1,100.
         assert!(!at(0, 1_000, 900).overdue(1_099, &d));
         assert!(at(0, 1_000, 900).overdue(1_100, &d));
@@ -560,11 +566,7 @@ mod tests {
 
     #[test]
     fn a_request_whose_body_stops_coming_is_overdue() {
-        let d = Deadlines {
-            head: Duration::from_millis(100),
-            idle: Duration::from_millis(300),
-            send: Duration::from_millis(200),
-        };
+        let d = short();
         let w = at(1, 0, 0);
         w.body_wait.store(1_000, Relaxed);
         assert!(!w.overdue(1_099, &d));
@@ -575,11 +577,7 @@ mod tests {
 
     #[test]
     fn a_client_that_stops_reading_is_overdue_even_with_a_request_in_flight() {
-        let d = Deadlines {
-            head: Duration::from_millis(100),
-            idle: Duration::from_millis(300),
-            send: Duration::from_millis(200),
-        };
+        let d = short();
         // A streamed answer in flight, its write waiting for the client since 1,000 ms.
         let w = at(1, 0, 0);
         w.write_wait.store(1_000, Relaxed);
@@ -608,11 +606,7 @@ mod tests {
 
     #[test]
     fn an_http2_connection_on_the_http_door_is_idle_between_requests_whatever_it_sends() {
-        let d = Deadlines {
-            head: Duration::from_millis(100),
-            idle: Duration::from_millis(300),
-            send: Duration::from_millis(200),
-        };
+        let d = short();
         tick();
         let mut conns = Connections::default();
         // HTTP/1: bytes with no request in flight begin a head, due within `head`.
@@ -648,11 +642,7 @@ mod tests {
 
     #[test]
     fn a_grpc_connection_owes_its_preface_and_then_only_reading() {
-        let d = Deadlines {
-            head: Duration::from_millis(100),
-            idle: Duration::from_millis(300),
-            send: Duration::from_millis(200),
-        };
+        let d = short();
         tick();
         let mut conns = Connections::default();
         let w = conns.add_h2();
