@@ -100,6 +100,10 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// The HTTP/2 connection preface (RFC 9113, 3.4): what a gRPC client owes first, and how an
+/// HTTP/2 client of the HTTP door is told from an HTTP/1 one.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// One connection's state, shared by its socket (reads), its service (requests) and its
 /// worker's sweep.
 #[derive(Debug)]
@@ -143,11 +147,13 @@ impl Watch {
         }
     }
 
-    /// The connection's first bytes: on the HTTP door, an HTTP/2 client's preface (`PRI `,
-    /// a method HTTP/1 has not) ends the head owed since the connection opened, and from then
-    /// on the connection is idle between requests whatever frames it sends.
+    /// The connection's first bytes: on the HTTP door, an HTTP/2 client's preface ends the
+    /// head owed since the connection opened, and from then on the connection is idle between
+    /// requests whatever frames it sends.
     fn first_read(&self, bytes: &[u8]) {
-        if self.preface_left.load(Relaxed) == 0 && bytes.starts_with(b"PRI ") {
+        // Its method, `PRI `, is one HTTP/1 does not have: the first four bytes tell.
+        let opens_h2 = bytes.get(..4).is_some_and(|m| H2_PREFACE.starts_with(m));
+        if self.preface_left.load(Relaxed) == 0 && opens_h2 {
             self.frames.store(true, Relaxed);
             self.idle_at.store(now(), Relaxed);
             self.head_at.store(0, Relaxed);
@@ -223,8 +229,7 @@ impl Connections {
     /// Watches a new HTTP/2 connection of the gRPC door: it must send the connection preface
     /// within the head deadline; after that only the send deadline applies.
     pub fn add_h2(&mut self) -> Arc<Watch> {
-        /// `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n` (RFC 9113, 3.4).
-        const PREFACE_LEN: u32 = 24;
+        const PREFACE_LEN: u32 = H2_PREFACE.len() as u32;
         let watch = self.add();
         watch.preface_left.store(PREFACE_LEN, Relaxed);
         watch
@@ -619,7 +624,7 @@ mod tests {
         // HTTP/2 (h2c): the preface ends the head owed since opening; frames between requests
         // (a ping, a window update) start none, and only the idle deadline applies.
         let h2 = conns.add();
-        h2.first_read(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        h2.first_read(H2_PREFACE);
         h2.read_some(24);
         assert_eq!(h2.head_at.load(Relaxed), 0);
         let idle = h2.idle_at.load(Relaxed);
